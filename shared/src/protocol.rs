@@ -1,0 +1,480 @@
+//! The wire protocol between clients (the helper, the `regent` CLI) and the agent.
+//!
+//! # Transport
+//! A stream socket that only the user can reach: a Unix-domain socket bound to
+//! a filesystem path (never the Linux abstract namespace) inside a 0700
+//! directory, or a named pipe on Windows. See [`crate::paths`].
+//!
+//! # Framing
+//! Every message is one frame: a `u32` big-endian length followed by that many
+//! bytes of UTF-8 JSON. A length of 0 or above [`MAX_FRAME`] (1 MiB) is a
+//! protocol error: the reader rejects it from the 4-byte header, before it
+//! allocates anything, and the connection is closed. A connection carries any
+//! number of requests; responses come back in request order.
+//!
+//! # Session
+//! The client's first frame is [`Request::Hello`] with its [`PROTOCOL_VERSION`];
+//! the agent answers [`Response::Hello`] with its own version and the oldest
+//! one it still serves. A client may pipeline its first real request right
+//! behind `Hello` (the helper does: one write, two reads). When the agent does
+//! not serve the client's version, it answers every later request with
+//! [`Response::Error`] of kind [`ErrorKind::Unsupported`], except `Quit`.
+//! A client that is newer than the agent sends `Quit` and starts a new agent;
+//! `{"type":"Hello",...}` and `{"type":"Quit"}` keep their shape forever so
+//! that any two versions can do this.
+//!
+//! # Unknown messages
+//! A frame that is not valid JSON, or names an unknown `type`, gets
+//! `Error{kind: BadRequest}`; the connection stays open. A frame that breaks the
+//! framing rules closes the connection.
+//!
+//! # Trust boundary
+//! The agent serves only peers whose uid equals its own (checked with
+//! `SO_PEERCRED` / `getpeereid` on every connection), on top of the 0700
+//! directory. Secrets cross this boundary only inside `Store` requests and
+//! `Credentials` responses; every buffer that held a frame is zeroed after
+//! use. Errors never carry a secret: decoding errors report only their
+//! position, never the offending value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::Secret;
+
+/// Bump on any change a peer of the previous version could misread. Never derive
+/// it from the crate version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The oldest client protocol this agent still serves.
+pub const MIN_SUPPORTED_PROTOCOL: u32 = 1;
+
+/// The largest frame either side accepts: 1 MiB of JSON.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// Environment variables of the caller that the helper forwards with `Get`,
+/// so that `AWS_PROFILE=x docker pull ...` picks that profile.
+pub const FORWARDED_ENV: &[&str] = &["AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION"];
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Request {
+    Hello {
+        proto: u32,
+        /// Who is calling, for the log: `helper` or `cli`.
+        client: String,
+        version: String,
+    },
+    /// Look up credentials. `server_url` is exactly what the client sent; the
+    /// agent owns normalisation.
+    Get {
+        server_url: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+    },
+    Store {
+        server_url: String,
+        username: String,
+        #[serde(with = "crate::secret::wire")]
+        secret: Secret,
+    },
+    Erase {
+        server_url: String,
+    },
+    /// `{server URL as stored: username}`, for the helper's `list`.
+    List,
+    /// One row per credential with its metadata, for `regent ls`.
+    Entries,
+    Status,
+    /// Ask the agent to exit. Its shape never changes.
+    Quit,
+}
+
+impl Request {
+    /// The message type, for logs. Never includes a field value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Get { .. } => "get",
+            Request::Store { .. } => "store",
+            Request::Erase { .. } => "erase",
+            Request::List => "list",
+            Request::Entries => "entries",
+            Request::Status => "status",
+            Request::Quit => "quit",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Response {
+    Hello {
+        proto: u32,
+        min_proto: u32,
+        version: String,
+        pid: u32,
+    },
+    Credentials {
+        server_url: String,
+        username: String,
+        #[serde(with = "crate::secret::wire")]
+        secret: Secret,
+    },
+    NotFound,
+    /// A store, erase or quit was carried out (for a store: durably).
+    Done,
+    List {
+        entries: BTreeMap<String, String>,
+    },
+    Entries {
+        entries: Vec<EntryInfo>,
+    },
+    Status(Box<StatusInfo>),
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+impl Response {
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Response::Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Hello { .. } => "hello",
+            Response::Credentials { .. } => "credentials",
+            Response::NotFound => "not-found",
+            Response::Done => "done",
+            Response::List { .. } => "list",
+            Response::Entries { .. } => "entries",
+            Response::Status(_) => "status",
+            Response::Error { .. } => "error",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request was malformed or named an invalid registry.
+    BadRequest,
+    /// The agent does not serve this client's protocol version.
+    Unsupported,
+    /// The persistent store refused or failed.
+    Store,
+    /// A token source failed and no valid credential is cached.
+    Source,
+    Internal,
+}
+
+/// One credential as `regent ls` shows it. No secret.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// The server URL exactly as it was stored.
+    pub server_url: String,
+    /// The canonical registry key.
+    pub key: String,
+    pub username: String,
+    /// Where the credential comes from: `static` for stored logins.
+    pub source: String,
+    /// Unix seconds.
+    pub created: i64,
+    pub updated: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StatusInfo {
+    pub pid: u32,
+    pub version: String,
+    pub proto: u32,
+    /// Unix seconds.
+    pub started: i64,
+    pub uptime_secs: u64,
+    pub socket: String,
+    /// `keyring`, `file`, `keyutils` or `memory`.
+    pub store: String,
+    /// Why this store was chosen, in words.
+    pub store_reason: String,
+    /// Where the store keeps its data, if anywhere.
+    pub store_location: Option<String>,
+    pub credentials: usize,
+    pub config: Option<String>,
+    pub log: Option<String>,
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer closed the connection cleanly between frames.
+    #[error("connection closed")]
+    Closed,
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("frame of {0} bytes is larger than the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("empty frame")]
+    Empty,
+    #[error("malformed message: {0}")]
+    Json(JsonError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl FrameError {
+    /// True when the framing itself is broken and the connection must close.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, FrameError::Json(_))
+    }
+}
+
+/// A JSON error reduced to its category and position: serde_json's own
+/// message can quote the offending value, which may be a secret.
+#[derive(Debug)]
+pub struct JsonError {
+    category: &'static str,
+    line: usize,
+    column: usize,
+}
+
+impl From<serde_json::Error> for JsonError {
+    fn from(e: serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        let category = match e.classify() {
+            Category::Io => "i/o error",
+            Category::Syntax => "syntax error",
+            Category::Data => "unexpected content",
+            Category::Eof => "unexpected end",
+        };
+        JsonError {
+            category,
+            line: e.line(),
+            column: e.column(),
+        }
+    }
+}
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at line {} column {}",
+            self.category, self.line, self.column
+        )
+    }
+}
+
+/// Checks a frame header and returns the body length.
+pub fn frame_len(header: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header) as usize;
+    match len {
+        0 => Err(FrameError::Empty),
+        n if n > MAX_FRAME => Err(FrameError::TooLarge(n)),
+        n => Ok(n),
+    }
+}
+
+/// Encodes one message as a frame (header and body in one buffer, zeroed on drop).
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Zeroizing<Vec<u8>>, FrameError> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(256));
+    buf.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut *buf, msg).map_err(|e| FrameError::Json(e.into()))?;
+    let len = buf.len() - 4;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(buf)
+}
+
+/// Decodes a frame body.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    serde_json::from_slice(body).map_err(|e| FrameError::Json(e.into()))
+}
+
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<(), FrameError> {
+    let buf = encode_frame(msg)?;
+    w.write_all(&buf)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one frame. The body buffer is zeroed once decoded.
+pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<T, FrameError> {
+    let mut header = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut header[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Closed),
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = frame_len(header)?;
+    let mut body = Zeroizing::new(vec![0u8; len]);
+    r.read_exact(&mut body).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+        _ => FrameError::Io(e),
+    })?;
+    decode_body(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn round_trip_request(req: &Request) -> Request {
+        let frame = encode_frame(req).unwrap();
+        read_frame(&mut Cursor::new(frame.to_vec())).unwrap()
+    }
+
+    #[test]
+    fn protocol_version_is_explicit() {
+        assert_eq!(PROTOCOL_VERSION, 1);
+        assert!(MIN_SUPPORTED_PROTOCOL <= PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn hello_and_quit_keep_their_shape() {
+        // Every version must be able to read these two, so they are pinned.
+        let hello = Request::Hello {
+            proto: 7,
+            client: "helper".into(),
+            version: "9.9.9".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&hello).unwrap(),
+            r#"{"type":"Hello","proto":7,"client":"helper","version":"9.9.9"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Quit).unwrap(),
+            r#"{"type":"Quit"}"#
+        );
+        let reply: Response =
+            serde_json::from_str(r#"{"type":"Hello","proto":2,"min_proto":1,"version":"x","pid":4}"#)
+                .unwrap();
+        assert!(matches!(reply, Response::Hello { proto: 2, min_proto: 1, pid: 4, .. }));
+    }
+
+    #[test]
+    fn store_round_trips_awkward_secrets() {
+        let secret = format!("q\"b\\n\nü€\u{0}{}", "x".repeat(64 * 1024));
+        let req = Request::Store {
+            server_url: "https://index.docker.io/v1/".into(),
+            username: "<token>".into(),
+            secret: Secret::new(secret.clone()),
+        };
+        match round_trip_request(&req) {
+            Request::Store {
+                server_url,
+                username,
+                secret: s,
+            } => {
+                assert_eq!(server_url, "https://index.docker.io/v1/");
+                assert_eq!(username, "<token>");
+                assert_eq!(s.expose(), secret);
+            }
+            _ => panic!("wrong variant"),
+        }
+    }
+
+    #[test]
+    fn get_omits_empty_env_and_reads_missing_env() {
+        let req = Request::Get {
+            server_url: "ghcr.io".into(),
+            env: BTreeMap::new(),
+        };
+        let json = serde_json::to_string(&req).unwrap();
+        assert_eq!(json, r#"{"type":"Get","server_url":"ghcr.io"}"#);
+        assert!(matches!(round_trip_request(&req), Request::Get { env, .. } if env.is_empty()));
+    }
+
+    #[test]
+    fn header_is_big_endian_length() {
+        let frame = encode_frame(&Request::List).unwrap();
+        let body = br#"{"type":"List"}"#;
+        assert_eq!(&frame[..4], &(body.len() as u32).to_be_bytes());
+        assert_eq!(&frame[4..], body);
+    }
+
+    #[test]
+    fn oversize_frame_is_rejected_from_the_header() {
+        let mut bytes = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(b"{}");
+        let err = read_frame::<_, Request>(&mut Cursor::new(bytes)).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge(n) if n == MAX_FRAME + 1));
+        assert!(err.is_fatal());
+        // u32::MAX must not be allocated either.
+        let err = frame_len(u32::MAX.to_be_bytes()).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge(_)));
+    }
+
+    #[test]
+    fn empty_frame_is_rejected() {
+        let err = read_frame::<_, Request>(&mut Cursor::new(vec![0, 0, 0, 0])).unwrap_err();
+        assert!(matches!(err, FrameError::Empty));
+    }
+
+    #[test]
+    fn truncated_frames_are_told_apart_from_clean_close() {
+        let err = read_frame::<_, Request>(&mut Cursor::new(Vec::new())).unwrap_err();
+        assert!(matches!(err, FrameError::Closed));
+        let err = read_frame::<_, Request>(&mut Cursor::new(vec![0, 0])).unwrap_err();
+        assert!(matches!(err, FrameError::Truncated));
+        let mut bytes = 10u32.to_be_bytes().to_vec();
+        bytes.extend_from_slice(b"{\"ty");
+        let err = read_frame::<_, Request>(&mut Cursor::new(bytes)).unwrap_err();
+        assert!(matches!(err, FrameError::Truncated));
+    }
+
+    #[test]
+    fn oversize_message_is_not_encoded() {
+        let req = Request::Store {
+            server_url: "r".into(),
+            username: "u".into(),
+            secret: Secret::new("x".repeat(MAX_FRAME)),
+        };
+        assert!(matches!(encode_frame(&req), Err(FrameError::TooLarge(_))));
+    }
+
+    #[test]
+    fn unknown_type_is_a_recoverable_error_without_the_value() {
+        let body = br#"{"type":"Store","server_url":"r","username":"u","secret":12345678}"#;
+        let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(body);
+        let err = read_frame::<_, Request>(&mut Cursor::new(bytes)).unwrap_err();
+        assert!(!err.is_fatal());
+        assert!(!err.to_string().contains("12345678"), "{err}");
+
+        let body = br#"{"type":"Frobnicate","secret":"hunter2"}"#;
+        let err = decode_body::<Request>(body).unwrap_err();
+        assert!(!err.is_fatal());
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn string_secret_in_wrong_place_is_not_quoted() {
+        // serde_json would normally say: invalid type: string "hunter2", expected u32
+        let body = br#"{"type":"Hello","proto":"hunter2","client":"c","version":"v"}"#;
+        let err = decode_body::<Request>(body).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}

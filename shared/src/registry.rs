@@ -1,0 +1,312 @@
+//! Registry-key normalisation: one canonical key per registry.
+//!
+//! Clients name the same registry in different ways: docker sends
+//! `https://index.docker.io/v1/` for Docker Hub, podman sends `docker.io`,
+//! `docker logout` tries `http://host` and `https://host` as well as `host`.
+//! The agent stores and looks up every credential under [`canonical`] of what
+//! the client sent, so a login made by one client is found by the others.
+//!
+//! Rules:
+//! - surrounding whitespace is ignored; an `http://` or `https://` scheme (any
+//!   case) is dropped; any other scheme is refused;
+//! - the host is lower-cased and loses a trailing dot; the port is kept,
+//!   except `:443`, which is the port every registry is reached on anyway;
+//! - Docker Hub (`docker.io`, `index.docker.io`, `registry-1.docker.io`,
+//!   `registry.hub.docker.com`) becomes `docker.io`; its device-login keys
+//!   `.../access-token` and `.../refresh-token` stay distinct keys
+//!   (`docker.io/access-token`, `docker.io/refresh-token`);
+//! - for every other registry the path is dropped: clients never send
+//!   namespaced keys to a helper, and `host/v2/` is the same registry as `host`.
+//!
+//! The form a client stored is kept beside the canonical key, and `list`
+//! returns that form.
+
+use std::fmt;
+
+pub const DOCKER_HUB: &str = "docker.io";
+
+const DOCKER_HUB_ALIASES: &[&str] = &[
+    "docker.io",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+];
+
+/// Docker Hub keys that are not the registry itself but other secrets the
+/// docker CLI keeps after a device-flow login.
+const DOCKER_HUB_SPECIAL: &[&str] = &["access-token", "refresh-token"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyError {
+    Empty,
+    Scheme(String),
+    Invalid(&'static str),
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyError::Empty => f.write_str(crate::messages::NO_SERVER_URL),
+            KeyError::Scheme(s) => write!(
+                f,
+                "unsupported scheme {s:?} in server URL: use host[:port] or https://host[:port]"
+            ),
+            KeyError::Invalid(why) => write!(f, "invalid server URL: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// The canonical key of the registry a client named.
+pub fn canonical(raw: &str) -> Result<String, KeyError> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(KeyError::Invalid("it contains white space or control characters"));
+    }
+    let rest = strip_scheme(s)?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, ""),
+    };
+    if authority.contains('@') {
+        return Err(KeyError::Invalid("user names in server URLs are not supported"));
+    }
+    let (host, port) = split_port(authority)?;
+    let mut host = host.to_ascii_lowercase();
+    if host.ends_with('.') && !host.starts_with('[') {
+        host.pop();
+    }
+    validate_host(&host)?;
+    let port = match port {
+        Some("443") | None => None,
+        Some(p) => Some(p),
+    };
+
+    if port.is_none() && DOCKER_HUB_ALIASES.contains(&host.as_str()) {
+        return Ok(docker_hub_key(path));
+    }
+    Ok(match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    })
+}
+
+/// The host part of a canonical key (no port, no path), for matching sources.
+pub fn hostname(key: &str) -> &str {
+    let authority = key.split('/').next().unwrap_or(key);
+    if authority.starts_with('[') {
+        return match authority.find(']') {
+            Some(i) => &authority[..=i],
+            None => authority,
+        };
+    }
+    authority.split(':').next().unwrap_or(authority)
+}
+
+fn strip_scheme(s: &str) -> Result<&str, KeyError> {
+    let Some(i) = s.find("://") else {
+        return Ok(s);
+    };
+    let scheme = &s[..i];
+    if scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http") {
+        Ok(&s[i + 3..])
+    } else {
+        Err(KeyError::Scheme(scheme.to_owned()))
+    }
+}
+
+fn split_port(authority: &str) -> Result<(&str, Option<&str>), KeyError> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority
+            .find(']')
+            .ok_or(KeyError::Invalid("unclosed '[' in IPv6 address"))?;
+        let after = &authority[end + 1..];
+        match after.strip_prefix(':') {
+            Some(p) => (&authority[..=end], Some(p)),
+            None if after.is_empty() => (&authority[..=end], None),
+            None => return Err(KeyError::Invalid("unexpected text after IPv6 address")),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if let Some(p) = port
+        && (p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(KeyError::Invalid("the port is not a number"));
+    }
+    Ok((host, port))
+}
+
+fn validate_host(host: &str) -> Result<(), KeyError> {
+    if host.is_empty() {
+        return Err(KeyError::Invalid("the host is empty"));
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').unwrap_or(inner);
+        if inner.is_empty() || !inner.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return Err(KeyError::Invalid("malformed IPv6 address"));
+        }
+        return Ok(());
+    }
+    let ok = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if !ok || host.starts_with('.') || host.contains("..") {
+        return Err(KeyError::Invalid("the host name has characters a registry host cannot have"));
+    }
+    Ok(())
+}
+
+fn docker_hub_key(path: &str) -> String {
+    let mut segments = path.split('/').filter(|s| !s.is_empty()).peekable();
+    if matches!(segments.peek(), Some(&("v1" | "v2"))) {
+        segments.next();
+    }
+    match segments.next() {
+        Some(special) if DOCKER_HUB_SPECIAL.contains(&special) && segments.next().is_none() => {
+            format!("{DOCKER_HUB}/{special}")
+        }
+        _ => DOCKER_HUB.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every form a client is known to send, and what it must collapse to.
+    const TABLE: &[(&str, &str)] = &[
+        // Docker Hub: docker CLI, buildx, docker-py
+        ("https://index.docker.io/v1/", "docker.io"),
+        ("https://index.docker.io/v1", "docker.io"),
+        ("http://index.docker.io/v1/", "docker.io"),
+        ("index.docker.io", "docker.io"),
+        ("index.docker.io/v1/", "docker.io"),
+        // Docker Hub: podman, buildah, skopeo
+        ("docker.io", "docker.io"),
+        ("DOCKER.IO", "docker.io"),
+        ("registry-1.docker.io", "docker.io"),
+        ("https://registry-1.docker.io/v2/", "docker.io"),
+        ("registry.hub.docker.com", "docker.io"),
+        ("docker.io:443", "docker.io"),
+        // Docker Hub device-login keys stay distinct
+        ("https://index.docker.io/v1/access-token", "docker.io/access-token"),
+        ("https://index.docker.io/v1/refresh-token", "docker.io/refresh-token"),
+        ("https://index.docker.io/v1/refresh-token/", "docker.io/refresh-token"),
+        // Other registries: host, scheme, trailing slash, case, default port
+        ("ghcr.io", "ghcr.io"),
+        ("https://ghcr.io", "ghcr.io"),
+        ("http://ghcr.io", "ghcr.io"),
+        ("ghcr.io/", "ghcr.io"),
+        ("https://ghcr.io/", "ghcr.io"),
+        ("HTTPS://GHCR.IO/", "ghcr.io"),
+        ("ghcr.io:443", "ghcr.io"),
+        ("https://ghcr.io:443/v2/", "ghcr.io"),
+        ("ghcr.io.", "ghcr.io"),
+        ("  ghcr.io \n", "ghcr.io"),
+        ("ghcr.io\r\n", "ghcr.io"),
+        ("quay.io/v1/", "quay.io"),
+        ("quay.io/org/repo", "quay.io"),
+        // Ports other than 443 make a different registry
+        ("localhost:5000", "localhost:5000"),
+        ("http://localhost:5000", "localhost:5000"),
+        ("https://localhost:5000/", "localhost:5000"),
+        ("127.0.0.1:5000", "127.0.0.1:5000"),
+        ("registry.example.com:8443", "registry.example.com:8443"),
+        ("[::1]:5000", "[::1]:5000"),
+        ("https://[::1]:5000/v2/", "[::1]:5000"),
+        ("[::1]", "[::1]"),
+        // A Docker Hub alias on a non-default port is not Docker Hub
+        ("docker.io:5000", "docker.io:5000"),
+        // Cloud registries keep their host
+        (
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+        ),
+        ("https://europe-west1-docker.pkg.dev", "europe-west1-docker.pkg.dev"),
+        ("myreg.azurecr.io", "myreg.azurecr.io"),
+        ("rég.example", "rég.example"),
+    ];
+
+    #[test]
+    fn table_of_forms() {
+        for (raw, want) in TABLE {
+            // Non-ASCII hosts are refused: registries are ASCII (IDNA) hosts.
+            if !raw.is_ascii() {
+                assert!(canonical(raw).is_err(), "{raw:?} should be refused");
+                continue;
+            }
+            assert_eq!(canonical(raw).as_deref(), Ok(*want), "canonical({raw:?})");
+        }
+    }
+
+    #[test]
+    fn canonical_is_idempotent() {
+        for (raw, _) in TABLE {
+            if let Ok(key) = canonical(raw) {
+                assert_eq!(canonical(&key).as_deref(), Ok(key.as_str()), "{raw:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn docker_and_podman_forms_meet() {
+        assert_eq!(
+            canonical("https://index.docker.io/v1/"),
+            canonical("docker.io")
+        );
+        assert_ne!(
+            canonical("https://index.docker.io/v1/"),
+            canonical("https://index.docker.io/v1/access-token")
+        );
+        assert_ne!(
+            canonical("https://index.docker.io/v1/access-token"),
+            canonical("https://index.docker.io/v1/refresh-token")
+        );
+    }
+
+    #[test]
+    fn refused_forms() {
+        assert_eq!(canonical(""), Err(KeyError::Empty));
+        assert_eq!(canonical("  \r\n"), Err(KeyError::Empty));
+        assert!(matches!(canonical("ftp://host"), Err(KeyError::Scheme(_))));
+        for bad in [
+            "host:port",
+            "host:",
+            "host:123456",
+            "user@host",
+            "https://user:pw@host",
+            "a b",
+            "host\0",
+            "[::1",
+            "[zz]:5000",
+            ".host",
+            "a..b",
+            "https://",
+            "/path",
+            "ho$t",
+        ] {
+            assert!(canonical(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn empty_is_the_protocol_message() {
+        assert_eq!(KeyError::Empty.to_string(), "no credentials server URL");
+    }
+
+    #[test]
+    fn hostname_of_keys() {
+        assert_eq!(hostname("ghcr.io"), "ghcr.io");
+        assert_eq!(hostname("localhost:5000"), "localhost");
+        assert_eq!(hostname("docker.io/access-token"), "docker.io");
+        assert_eq!(hostname("[::1]:5000"), "[::1]");
+    }
+}
