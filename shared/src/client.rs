@@ -17,9 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::paths::{self, DirError, DirState};
-use crate::protocol::{
-    encode_frame, read_frame, FrameError, Request, Response, PROTOCOL_VERSION,
-};
+use crate::protocol::{FrameError, PROTOCOL_VERSION, Request, Response, encode_frame, read_frame};
 
 #[cfg(unix)]
 type Stream = std::os::unix::net::UnixStream;
@@ -130,7 +128,12 @@ impl Connection {
 
 fn agent_error(socket: &Path, e: FrameError) -> ClientError {
     let detail = match &e {
-        FrameError::Io(io) if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+        FrameError::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
             "timed out waiting for its answer".to_owned()
         }
         _ => e.to_string(),
@@ -355,7 +358,12 @@ impl StartLock {
             .truncate(false)
             .write(true)
             .open(path)
-            .map_err(|e| ClientError::Start(format!("cannot open the start lock {}: {e}", path.display())))?;
+            .map_err(|e| {
+                ClientError::Start(format!(
+                    "cannot open the start lock {}: {e}",
+                    path.display()
+                ))
+            })?;
         loop {
             match file.try_lock() {
                 Ok(()) => return Ok(StartLock(file)),
@@ -436,7 +444,11 @@ pub fn spawn_agent(exe: &Path, socket: &Path, deadline: Instant) -> Result<(), C
 
 /// The `regent` executable next to `own_exe`, else the first on PATH.
 pub fn agent_exe_near(own_exe: Option<&Path>) -> Option<PathBuf> {
-    let name = if cfg!(windows) { "regent.exe" } else { "regent" };
+    let name = if cfg!(windows) {
+        "regent.exe"
+    } else {
+        "regent"
+    };
     if let Some(dir) = own_exe.and_then(Path::parent) {
         let candidate = dir.join(name);
         if candidate.is_file() {

@@ -83,7 +83,10 @@ fn home() -> PathBuf {
 }
 
 fn xdg(var: &str, unix_default: &str, windows_var: &str) -> PathBuf {
-    if let Some(p) = env::var_os(var).map(PathBuf::from).filter(|p| p.is_absolute()) {
+    if let Some(p) = env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+    {
         return p.join("regent");
     }
     if cfg!(windows)
@@ -249,7 +252,10 @@ mod tests {
         let dir = base.join("loose");
         fs::create_dir(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-        assert_eq!(ensure_private_dir(&dir).unwrap(), DirState::Tightened(0o777));
+        assert_eq!(
+            ensure_private_dir(&dir).unwrap(),
+            DirState::Tightened(0o777)
+        );
         let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
         fs::remove_dir_all(base).unwrap();

@@ -341,6 +341,13 @@ mod tests {
     use super::*;
     use std::io::Cursor;
 
+    fn expect_err<T>(r: Result<T, FrameError>) -> FrameError {
+        match r {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e,
+        }
+    }
+
     fn round_trip_request(req: &Request) -> Request {
         let frame = encode_frame(req).unwrap();
         read_frame(&mut Cursor::new(frame.to_vec())).unwrap()
@@ -368,10 +375,19 @@ mod tests {
             serde_json::to_string(&Request::Quit).unwrap(),
             r#"{"type":"Quit"}"#
         );
-        let reply: Response =
-            serde_json::from_str(r#"{"type":"Hello","proto":2,"min_proto":1,"version":"x","pid":4}"#)
-                .unwrap();
-        assert!(matches!(reply, Response::Hello { proto: 2, min_proto: 1, pid: 4, .. }));
+        let reply: Response = serde_json::from_str(
+            r#"{"type":"Hello","proto":2,"min_proto":1,"version":"x","pid":4}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            reply,
+            Response::Hello {
+                proto: 2,
+                min_proto: 1,
+                pid: 4,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -419,7 +435,7 @@ mod tests {
     fn oversize_frame_is_rejected_from_the_header() {
         let mut bytes = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
         bytes.extend_from_slice(b"{}");
-        let err = read_frame::<_, Request>(&mut Cursor::new(bytes)).unwrap_err();
+        let err = expect_err(read_frame::<_, Request>(&mut Cursor::new(bytes)));
         assert!(matches!(err, FrameError::TooLarge(n) if n == MAX_FRAME + 1));
         assert!(err.is_fatal());
         // u32::MAX must not be allocated either.
@@ -429,19 +445,19 @@ mod tests {
 
     #[test]
     fn empty_frame_is_rejected() {
-        let err = read_frame::<_, Request>(&mut Cursor::new(vec![0, 0, 0, 0])).unwrap_err();
+        let err = expect_err(read_frame::<_, Request>(&mut Cursor::new(vec![0, 0, 0, 0])));
         assert!(matches!(err, FrameError::Empty));
     }
 
     #[test]
     fn truncated_frames_are_told_apart_from_clean_close() {
-        let err = read_frame::<_, Request>(&mut Cursor::new(Vec::new())).unwrap_err();
+        let err = expect_err(read_frame::<_, Request>(&mut Cursor::new(Vec::new())));
         assert!(matches!(err, FrameError::Closed));
-        let err = read_frame::<_, Request>(&mut Cursor::new(vec![0, 0])).unwrap_err();
+        let err = expect_err(read_frame::<_, Request>(&mut Cursor::new(vec![0, 0])));
         assert!(matches!(err, FrameError::Truncated));
         let mut bytes = 10u32.to_be_bytes().to_vec();
         bytes.extend_from_slice(b"{\"ty");
-        let err = read_frame::<_, Request>(&mut Cursor::new(bytes)).unwrap_err();
+        let err = expect_err(read_frame::<_, Request>(&mut Cursor::new(bytes)));
         assert!(matches!(err, FrameError::Truncated));
     }
 
@@ -460,12 +476,12 @@ mod tests {
         let body = br#"{"type":"Store","server_url":"r","username":"u","secret":12345678}"#;
         let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
         bytes.extend_from_slice(body);
-        let err = read_frame::<_, Request>(&mut Cursor::new(bytes)).unwrap_err();
+        let err = expect_err(read_frame::<_, Request>(&mut Cursor::new(bytes)));
         assert!(!err.is_fatal());
         assert!(!err.to_string().contains("12345678"), "{err}");
 
         let body = br#"{"type":"Frobnicate","secret":"hunter2"}"#;
-        let err = decode_body::<Request>(body).unwrap_err();
+        let err = expect_err(decode_body::<Request>(body));
         assert!(!err.is_fatal());
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
@@ -474,7 +490,7 @@ mod tests {
     fn string_secret_in_wrong_place_is_not_quoted() {
         // serde_json would normally say: invalid type: string "hunter2", expected u32
         let body = br#"{"type":"Hello","proto":"hunter2","client":"c","version":"v"}"#;
-        let err = decode_body::<Request>(body).unwrap_err();
+        let err = expect_err(decode_body::<Request>(body));
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }

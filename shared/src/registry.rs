@@ -65,7 +65,9 @@ pub fn canonical(raw: &str) -> Result<String, KeyError> {
         return Err(KeyError::Empty);
     }
     if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(KeyError::Invalid("it contains white space or control characters"));
+        return Err(KeyError::Invalid(
+            "it contains white space or control characters",
+        ));
     }
     let rest = strip_scheme(s)?;
     let (authority, path) = match rest.find('/') {
@@ -73,7 +75,9 @@ pub fn canonical(raw: &str) -> Result<String, KeyError> {
         None => (rest, ""),
     };
     if authority.contains('@') {
-        return Err(KeyError::Invalid("user names in server URLs are not supported"));
+        return Err(KeyError::Invalid(
+            "user names in server URLs are not supported",
+        ));
     }
     let (host, port) = split_port(authority)?;
     let mut host = host.to_ascii_lowercase();
@@ -150,7 +154,11 @@ fn validate_host(host: &str) -> Result<(), KeyError> {
     }
     if let Some(inner) = host.strip_prefix('[') {
         let inner = inner.strip_suffix(']').unwrap_or(inner);
-        if inner.is_empty() || !inner.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+        if inner.is_empty()
+            || !inner
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
             return Err(KeyError::Invalid("malformed IPv6 address"));
         }
         return Ok(());
@@ -159,7 +167,9 @@ fn validate_host(host: &str) -> Result<(), KeyError> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
     if !ok || host.starts_with('.') || host.contains("..") {
-        return Err(KeyError::Invalid("the host name has characters a registry host cannot have"));
+        return Err(KeyError::Invalid(
+            "the host name has characters a registry host cannot have",
+        ));
     }
     Ok(())
 }
@@ -197,9 +207,18 @@ mod tests {
         ("registry.hub.docker.com", "docker.io"),
         ("docker.io:443", "docker.io"),
         // Docker Hub device-login keys stay distinct
-        ("https://index.docker.io/v1/access-token", "docker.io/access-token"),
-        ("https://index.docker.io/v1/refresh-token", "docker.io/refresh-token"),
-        ("https://index.docker.io/v1/refresh-token/", "docker.io/refresh-token"),
+        (
+            "https://index.docker.io/v1/access-token",
+            "docker.io/access-token",
+        ),
+        (
+            "https://index.docker.io/v1/refresh-token",
+            "docker.io/refresh-token",
+        ),
+        (
+            "https://index.docker.io/v1/refresh-token/",
+            "docker.io/refresh-token",
+        ),
         // Other registries: host, scheme, trailing slash, case, default port
         ("ghcr.io", "ghcr.io"),
         ("https://ghcr.io", "ghcr.io"),
@@ -230,7 +249,10 @@ mod tests {
             "123456789012.dkr.ecr.us-east-1.amazonaws.com",
             "123456789012.dkr.ecr.us-east-1.amazonaws.com",
         ),
-        ("https://europe-west1-docker.pkg.dev", "europe-west1-docker.pkg.dev"),
+        (
+            "https://europe-west1-docker.pkg.dev",
+            "europe-west1-docker.pkg.dev",
+        ),
         ("myreg.azurecr.io", "myreg.azurecr.io"),
         ("rég.example", "rég.example"),
     ];

@@ -1,0 +1,3 @@
+//! The regent agent and its management CLI.
+
+pub mod store;

@@ -1,0 +1,95 @@
+//! The persistent backends behind the agent's store, and how one is chosen.
+//!
+//! A backend maps a canonical registry key to a secret and nothing else: the
+//! server URL as stored, the username and the timestamps live in the
+//! [`super::index::Index`]. Every method blocks (D-Bus, syscalls, fsync): the
+//! agent calls them from `spawn_blocking` or its writer thread only.
+
+use std::fmt;
+
+use regent_shared::Secret;
+
+/// The kinds of store a user can choose (`REGENT_STORE`, `store = ` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Keyring,
+    File,
+    Keyutils,
+    Memory,
+}
+
+impl StoreKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Keyring => "keyring",
+            StoreKind::File => "file",
+            StoreKind::Keyutils => "keyutils",
+            StoreKind::Memory => "memory",
+        }
+    }
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One change to apply.
+pub enum Op {
+    Set(String, Secret),
+    Delete(String),
+}
+
+impl Op {
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Set(k, _) | Op::Delete(k) => k,
+        }
+    }
+}
+
+/// Why a backend failed. The message says what to do and never holds a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend is there but refuses access (locked keyring, wrong key).
+    #[error("{0}")]
+    Access(String),
+    /// The backend is not reachable (no D-Bus, no keyring service).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A local file could not be read or written.
+    #[error("{0}")]
+    Io(String),
+    /// Stored data cannot be read back (corrupt or tampered file).
+    #[error("{0}")]
+    Corrupt(String),
+    /// The secret cannot be kept by this backend (too large, ...).
+    #[error("{0}")]
+    Refused(String),
+}
+
+pub trait Backend: Send + Sync {
+    fn kind(&self) -> StoreKind;
+
+    /// Where the data lives, for `regent status` (a path, a keyring name).
+    fn location(&self) -> String;
+
+    /// The secret stored under `key`, if any.
+    fn get(&self, key: &str) -> Result<Option<Secret>, StoreError>;
+
+    /// Applies `ops` in order and returns once all of them are durable.
+    /// A backend that [`is_atomic`](Backend::is_atomic) applies all or none;
+    /// others are called with one op at a time.
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError>;
+
+    /// True when [`apply`](Backend::apply) of several ops is all-or-nothing
+    /// (the encrypted file, memory), so the agent may batch writes.
+    fn is_atomic(&self) -> bool;
+
+    /// Every secret at once, for backends that hold them all in one place and
+    /// can hand them over cheaply at start-up (file, memory); `None` otherwise.
+    fn load_all(&self) -> Result<Option<Vec<(String, Secret)>>, StoreError> {
+        Ok(None)
+    }
+}
