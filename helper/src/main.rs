@@ -1,1 +1,402 @@
-fn main() {}
+//! `docker-credential-regent`: the program docker, podman, buildah, skopeo and
+//! docker-py execute for every credential lookup (`credsStore: regent` or a
+//! `credHelpers` entry).
+//!
+//! It speaks the credential-helper protocol exactly (the action in `argv[1]`,
+//! the payload on stdin, the result or a one-line error on stdout, exit status
+//! 1 on failure) and forwards each request to the regent agent over its local
+//! socket, starting the agent when none answers. It never keeps a secret
+//! itself, and it is bounded everywhere: clients of the protocol set no
+//! timeout of their own.
+
+use std::collections::BTreeMap;
+use std::env;
+use std::io::{self, IsTerminal, Read, Write};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use regent_shared::Secret;
+use regent_shared::client::{self, AgentExe, ClientError, Options};
+use regent_shared::messages::{NO_SERVER_URL, NO_USERNAME, NOT_FOUND};
+use regent_shared::protocol::{FORWARDED_ENV, Request, Response};
+use serde_json::Value;
+
+const NAME: &str = "docker-credential-regent";
+const USAGE: &str = "Usage: docker-credential-regent <store|get|erase|list|version>";
+
+/// The most stdin the helper reads: far above any real request (a 64 KiB
+/// secret is the largest any client sends), far below what a hostile caller
+/// could make us allocate.
+const MAX_STDIN: usize = 1 << 20;
+
+/// How long a non-terminal stdin may stay open without reaching end of file.
+const STDIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `get` that cannot reach or start the agent gives up well within 3 s and
+/// answers "not found", so public images still pull.
+const GET_START_BUDGET: Duration = Duration::from_millis(2500);
+
+/// A failure to report: the line for stdout (never a secret) and, optionally,
+/// a reason for stderr.
+struct Failure {
+    stdout: String,
+    stderr: Option<String>,
+}
+
+impl Failure {
+    fn line(msg: impl Into<String>) -> Self {
+        Failure {
+            stdout: msg.into(),
+            stderr: None,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let result = match args.as_slice() {
+        [verb] => match verb.as_str() {
+            "get" => get(),
+            "store" => store(),
+            "erase" => erase(),
+            "list" => list(),
+            "version" | "-v" | "--version" => {
+                print_out(&format!("{NAME} (regent) {}\n", env!("CARGO_PKG_VERSION")));
+                Ok(())
+            }
+            "-h" | "--help" => {
+                print_out(&help());
+                Ok(())
+            }
+            other => Err(Failure::line(format!("{NAME}: unknown action: {other}"))),
+        },
+        _ => Err(Failure::line(USAGE)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if let Some(reason) = f.stderr {
+                eprintln!("{NAME}: {reason}");
+            }
+            print_out(&format!("{}\n", f.stdout));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn help() -> String {
+    format!(
+        "{USAGE}\n\n\
+         The credential helper of regent: docker, podman, buildah, skopeo and docker-py\n\
+         run it with `credsStore: regent` or a `credHelpers` entry. Each action is\n\
+         forwarded to the regent agent, which is started when it is not running.\n\n\
+         Actions:\n  \
+           get      read a server URL on stdin, print its credentials as JSON\n  \
+           store    read {{\"ServerURL\",\"Username\",\"Secret\"}} JSON on stdin and keep it\n  \
+           erase    read a server URL on stdin and forget its credentials\n  \
+           list     print {{\"<server URL>\": \"<username>\"}} for every credential\n  \
+           version  print the version\n\n\
+         See `regent status` for the agent and `regent --help` for everything else.\n"
+    )
+}
+
+fn print_out(s: &str) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.flush();
+}
+
+fn options(start_timeout: Duration) -> Options {
+    let mut opts = Options::new("helper");
+    opts.agent_exe = AgentExe::NextToMe;
+    opts.start_timeout = start_timeout;
+    opts
+}
+
+fn agent_error(e: &ClientError) -> Failure {
+    Failure::line(e.to_string())
+}
+
+fn get() -> Result<(), Failure> {
+    let server_url = read_server_url()?;
+    let env: BTreeMap<String, String> = FORWARDED_ENV
+        .iter()
+        .filter_map(|name| env::var(name).ok().map(|v| ((*name).to_owned(), v)))
+        .collect();
+    let req = Request::Get {
+        server_url: server_url.clone(),
+        env,
+    };
+    match client::call(&options(GET_START_BUDGET), &req) {
+        Ok(Response::Credentials {
+            username, secret, ..
+        }) => {
+            write_credentials(&server_url, &username, &secret);
+            Ok(())
+        }
+        Ok(Response::NotFound) => Err(Failure::line(NOT_FOUND)),
+        Ok(other) => Err(unexpected(other)),
+        // Without an agent there are no credentials, but public images must
+        // still pull: docker treats only this line as "go on anonymously".
+        Err(e) => Err(Failure {
+            stdout: NOT_FOUND.to_owned(),
+            stderr: Some(e.to_string()),
+        }),
+    }
+}
+
+fn write_credentials(server_url: &str, username: &str, secret: &Secret) {
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(secret.len() + 128));
+    buf.extend_from_slice(b"{\"ServerURL\":");
+    json_string(&mut buf, server_url);
+    buf.extend_from_slice(b",\"Username\":");
+    json_string(&mut buf, username);
+    buf.extend_from_slice(b",\"Secret\":");
+    json_string(&mut buf, secret.expose());
+    buf.extend_from_slice(b"}\n");
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(&buf);
+    let _ = out.flush();
+}
+
+fn json_string(buf: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *buf, s).expect("writing a string to a Vec cannot fail");
+}
+
+fn store() -> Result<(), Failure> {
+    let input = read_stdin()?;
+    let (server_url, username, secret) = parse_store(&input)?;
+    drop(input);
+    let req = Request::Store {
+        server_url,
+        username,
+        secret,
+    };
+    match client::call(&options(Duration::from_secs(10)), &req) {
+        Ok(Response::Done) => Ok(()),
+        Ok(other) => Err(unexpected(other)),
+        Err(e) => Err(agent_error(&e)),
+    }
+}
+
+/// Parses the `store` payload the way Go's decoder does: the first JSON value,
+/// keys matched case-insensitively (an exact match wins), unknown keys ignored.
+fn parse_store(input: &[u8]) -> Result<(String, String, Secret), Failure> {
+    let first = serde_json::Deserializer::from_slice(input)
+        .into_iter::<Value>()
+        .next();
+    let mut object = match first {
+        None => return Err(Failure::line("no credentials JSON on stdin")),
+        Some(Err(e)) => {
+            return Err(Failure::line(format!(
+                "invalid credentials JSON on stdin at line {} column {}",
+                e.line(),
+                e.column()
+            )));
+        }
+        Some(Ok(Value::Object(map))) => map,
+        Some(Ok(_)) => {
+            return Err(Failure::line(
+                "invalid credentials JSON on stdin: expected an object with ServerURL, Username and Secret",
+            ));
+        }
+    };
+    let mut take = |field: &str| -> Result<String, Failure> {
+        let key = object
+            .keys()
+            .find(|k| k.as_str() == field)
+            .or_else(|| object.keys().find(|k| k.eq_ignore_ascii_case(field)))
+            .cloned();
+        match key.and_then(|k| object.remove(&k)) {
+            None | Some(Value::Null) => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(Failure::line(format!(
+                "invalid credentials JSON on stdin: {field} must be a string"
+            ))),
+        }
+    };
+    let secret = Secret::new(take("Secret")?);
+    let server_url = take("ServerURL")?;
+    let username = take("Username")?;
+    if server_url.trim().is_empty() {
+        return Err(Failure::line(NO_SERVER_URL));
+    }
+    if username.is_empty() {
+        return Err(Failure::line(NO_USERNAME));
+    }
+    Ok((server_url, username, secret))
+}
+
+fn erase() -> Result<(), Failure> {
+    let server_url = read_server_url()?;
+    match client::call(
+        &options(Duration::from_secs(10)),
+        &Request::Erase { server_url },
+    ) {
+        // Erasing what is not there succeeds: `podman logout` fails otherwise,
+        // and `docker logout` erases several spellings of one registry.
+        Ok(Response::Done | Response::NotFound) => Ok(()),
+        Ok(other) => Err(unexpected(other)),
+        Err(e) => Err(agent_error(&e)),
+    }
+}
+
+/// `list` never reads stdin: Go clients write `unused`, docker-py closes it,
+/// and a terminal would block.
+fn list() -> Result<(), Failure> {
+    match client::call(&options(GET_START_BUDGET), &Request::List) {
+        Ok(Response::List { entries }) => {
+            let mut json = serde_json::to_string(&entries).expect("a string map serialises");
+            json.push('\n');
+            print_out(&json);
+            Ok(())
+        }
+        Ok(other) => Err(unexpected(other)),
+        // Like `get`: without an agent there is nothing to list, and classic
+        // `docker build` must still run.
+        Err(e) => {
+            eprintln!("{NAME}: {e}");
+            print_out("{}\n");
+            Ok(())
+        }
+    }
+}
+
+fn unexpected(resp: Response) -> Failure {
+    match resp {
+        Response::Error { message, .. } => Failure::line(message),
+        other => Failure::line(format!(
+            "unexpected answer from the regent agent ({}); run `regent status`",
+            other.kind()
+        )),
+    }
+}
+
+/// Reads the server URL of `get` and `erase`: line breaks are dropped and
+/// surrounding white space trimmed, as the reference helpers do.
+fn read_server_url() -> Result<String, Failure> {
+    let input = read_stdin()?;
+    let text = String::from_utf8_lossy(&input);
+    let joined: String = text.chars().filter(|c| *c != '\n' && *c != '\r').collect();
+    let url = joined.trim();
+    if url.is_empty() {
+        return Err(Failure::line(NO_SERVER_URL));
+    }
+    Ok(url.to_owned())
+}
+
+/// Reads stdin to its end, refusing more than [`MAX_STDIN`] bytes and, unless
+/// a person is typing at a terminal, a stdin that stays open too long.
+fn read_stdin() -> Result<zeroize::Zeroizing<Vec<u8>>, Failure> {
+    let interactive = io::stdin().is_terminal();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = zeroize::Zeroizing::new(Vec::new());
+        let result = io::stdin()
+            .lock()
+            .take(MAX_STDIN as u64 + 1)
+            .read_to_end(&mut buf)
+            .map(|_| buf);
+        let _ = tx.send(result);
+    });
+    let received = if interactive {
+        rx.recv().map_err(|_| ())
+    } else {
+        rx.recv_timeout(STDIN_TIMEOUT).map_err(|_| ())
+    };
+    match received {
+        Err(()) => Err(Failure::line(format!(
+            "timed out after {}s waiting for stdin to close",
+            STDIN_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(e)) => Err(Failure::line(format!("cannot read stdin: {e}"))),
+        Ok(Ok(buf)) if buf.len() > MAX_STDIN => Err(Failure::line(format!(
+            "input too large: more than {} bytes on stdin",
+            MAX_STDIN
+        ))),
+        Ok(Ok(buf)) => Ok(buf),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(json: &str) -> Result<(String, String, String), String> {
+        parse_store(json.as_bytes())
+            .map(|(u, n, s)| (u, n, s.expose().to_owned()))
+            .map_err(|f| f.stdout)
+    }
+
+    #[test]
+    fn store_json_like_go() {
+        let want = Ok(("r.example".to_owned(), "u".to_owned(), "s".to_owned()));
+        assert_eq!(
+            parsed(r#"{"ServerURL":"r.example","Username":"u","Secret":"s"}"#),
+            want
+        );
+        assert_eq!(
+            parsed(r#"{"serverurl":"r.example","USERNAME":"u","secret":"s","Extra":1}"#),
+            want
+        );
+        assert_eq!(
+            parsed("{\n\"ServerURL\":\"r.example\",\n\"Username\":\"u\",\n\"Secret\":\"s\"\n}\n"),
+            want
+        );
+        // The first value wins, as with Go's decoder.
+        assert_eq!(
+            parsed(r#"{"ServerURL":"r.example","Username":"u","Secret":"s"} {"x":1}"#),
+            want
+        );
+        // An exact key beats a case-insensitive one.
+        assert_eq!(
+            parsed(r#"{"secret":"no","Secret":"s","ServerURL":"r.example","Username":"u"}"#),
+            want
+        );
+    }
+
+    #[test]
+    fn store_validation_messages() {
+        assert_eq!(
+            parsed(r#"{"Username":"u","Secret":"s"}"#),
+            Err(NO_SERVER_URL.to_owned())
+        );
+        assert_eq!(
+            parsed(r#"{"ServerURL":"","Username":"u","Secret":"s"}"#),
+            Err(NO_SERVER_URL.to_owned())
+        );
+        assert_eq!(
+            parsed(r#"{"ServerURL":"r","Secret":"s"}"#),
+            Err(NO_USERNAME.to_owned())
+        );
+        assert!(parsed(r#"{"ServerURL":"r","Username":"u"}"#).is_ok());
+        assert!(parsed(r#"{"ServerURL":"r","Username":"u","Secret":""}"#).is_ok());
+    }
+
+    #[test]
+    fn store_errors_never_quote_the_input() {
+        for bad in [
+            "notjson-hunter2",
+            r#"{"ServerURL":"r","Username":"u","Secret":hunter2}"#,
+            r#"{"ServerURL":"r","Username":"u","Secret":["hunter2"]}"#,
+            r#"["hunter2"]"#,
+            "",
+        ] {
+            let err = parsed(bad).unwrap_err();
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn credentials_json_escapes() {
+        let mut buf = Vec::new();
+        json_string(&mut buf, "a\"b\\c\nd<é>");
+        assert_eq!(String::from_utf8(buf).unwrap(), r#""a\"b\\c\nd<é>""#);
+    }
+}

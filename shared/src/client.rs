@@ -31,8 +31,8 @@ pub const ERROR_PREFIX: &str = "error: ";
 
 pub struct Options {
     pub socket: PathBuf,
-    /// The `regent` executable to start when no agent answers; `None` never starts one.
-    pub agent_exe: Option<PathBuf>,
+    /// Which `regent` executable to start when no agent answers.
+    pub agent_exe: AgentExe,
     /// Who is calling, for the agent's log.
     pub client: &'static str,
     /// The budget for reaching or starting the agent.
@@ -45,10 +45,34 @@ impl Options {
     pub fn new(client: &'static str) -> Self {
         Options {
             socket: paths::socket_path(),
-            agent_exe: None,
+            agent_exe: AgentExe::Never,
             client,
             start_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where to find the agent executable when one must be started. Looked up
+/// only then, to keep it off the hot path.
+#[derive(Debug, Clone)]
+pub enum AgentExe {
+    /// Never start an agent.
+    Never,
+    Path(PathBuf),
+    /// `regent` next to the running executable, else the first on PATH.
+    NextToMe,
+}
+
+impl AgentExe {
+    fn resolve(&self) -> Option<PathBuf> {
+        match self {
+            AgentExe::Never => None,
+            AgentExe::Path(p) => Some(p.clone()),
+            AgentExe::NextToMe => {
+                let own = std::env::current_exe().ok();
+                agent_exe_near(own.as_deref())
+            }
         }
     }
 }
@@ -160,8 +184,14 @@ pub fn call_with(opts: &Options, req: &Request) -> Result<(Connection, Response)
         Attempt::Fatal(e) => return Err(e),
         Attempt::Absent(_) | Attempt::Outdated => {}
     }
-    let Some(exe) = &opts.agent_exe else {
-        return Err(ClientError::NotRunning(opts.socket.clone()));
+    let exe = match (&opts.agent_exe, opts.agent_exe.resolve()) {
+        (AgentExe::Never, _) => return Err(ClientError::NotRunning(opts.socket.clone())),
+        (_, Some(exe)) => exe,
+        (_, None) => {
+            return Err(ClientError::Start(
+                "no `regent` executable next to this program or on PATH; install regent".into(),
+            ));
+        }
     };
     let _lock = StartLock::acquire(&paths::start_lock_path(&opts.socket), deadline)?;
     // Someone may have started it while we waited for the lock.
@@ -176,7 +206,7 @@ pub fn call_with(opts: &Options, req: &Request) -> Result<(Connection, Response)
         }
         Attempt::Outdated => {}
     }
-    spawn_agent(exe, &opts.socket, deadline)?;
+    spawn_agent(&exe, &opts.socket, deadline)?;
     match attempt(opts, req, deadline) {
         Attempt::Done(conn, resp) => Ok((conn, resp)),
         Attempt::Fatal(e) => Err(e),
