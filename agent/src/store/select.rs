@@ -1,0 +1,210 @@
+//! Which backend the agent opens, and why.
+//!
+//! `REGENT_STORE` (or `store =` in the config file) names a backend or
+//! `auto`. A named backend is opened or the agent refuses to start with the
+//! reason: it never falls back to something else. `auto` prefers the OS
+//! keyring when it answers and is unlocked, else the encrypted file; it never
+//! picks `memory` or `keyutils`, which lose data on restart or reboot and must
+//! be asked for.
+//!
+//! `auto` is sticky towards data that already exists: when an encrypted file
+//! store holds secrets and the keyring has never been used by this agent, the
+//! file stays in use even if a keyring shows up later (a desktop login after
+//! ssh sessions, say). Otherwise credentials would seem to vanish.
+//!
+//! Each persistent backend has its own index file in the data directory, so
+//! switching backends never lists entries the new backend does not have.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::backend::{Backend, StoreError, StoreKind};
+use super::file::{FileBackend, SECRETS_FILE};
+use super::keyring::{self, KeyringBackend, OS_KEYRING_NAME};
+use super::memory::MemoryBackend;
+
+/// How long `auto` waits for the keyring to prove it works.
+const AUTO_PROBE_TIMEOUT: Duration = Duration::from_millis(2000);
+/// How long an explicit `keyring` choice waits (an unlock prompt may show).
+const EXPLICIT_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    Auto,
+    Kind(StoreKind),
+}
+
+impl FromStr for Choice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Choice, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(Choice::Auto),
+            "keyring" => Ok(Choice::Kind(StoreKind::Keyring)),
+            "file" => Ok(Choice::Kind(StoreKind::File)),
+            "keyutils" => Ok(Choice::Kind(StoreKind::Keyutils)),
+            "memory" => Ok(Choice::Kind(StoreKind::Memory)),
+            other => Err(format!(
+                "unknown store \"{other}\"; use one of auto, keyring, file, keyutils, memory"
+            )),
+        }
+    }
+}
+
+/// Where the backends keep their data.
+pub struct StoreContext {
+    pub data_dir: PathBuf,
+    pub config_dir: PathBuf,
+    pub keyring_service: String,
+}
+
+/// An open backend, why it was chosen, and where its index lives (`None`:
+/// in memory only).
+pub struct Opened {
+    pub backend: Arc<dyn Backend>,
+    pub reason: String,
+    pub index_path: Option<PathBuf>,
+}
+
+/// The index file of a persistent backend.
+pub fn index_path(data_dir: &std::path::Path, kind: StoreKind) -> Option<PathBuf> {
+    match kind {
+        StoreKind::Memory => None,
+        kind => Some(data_dir.join(format!("index-{}.json", kind.name()))),
+    }
+}
+
+/// Opens the backend `choice` asks for. Blocks (keyring probe, file read).
+pub fn open(choice: Choice, ctx: &StoreContext) -> Result<Opened, StoreError> {
+    match choice {
+        Choice::Kind(kind) => open_kind(kind, ctx, "chosen by REGENT_STORE or the config file"),
+        Choice::Auto => open_auto(ctx),
+    }
+}
+
+fn open_kind(kind: StoreKind, ctx: &StoreContext, why: &str) -> Result<Opened, StoreError> {
+    let backend: Arc<dyn Backend> = match kind {
+        StoreKind::Memory => Arc::new(MemoryBackend::new()),
+        StoreKind::File => Arc::new(open_file(ctx)?),
+        StoreKind::Keyring => {
+            keyring::probe(&ctx.keyring_service, EXPLICIT_PROBE_TIMEOUT).map_err(|why| {
+                StoreError::Unavailable(format!(
+                    "the keyring store is not usable: {why}; unlock or start {OS_KEYRING_NAME}, \
+                     or set REGENT_STORE=file"
+                ))
+            })?;
+            Arc::new(KeyringBackend::open(&ctx.keyring_service)?)
+        }
+        StoreKind::Keyutils => open_keyutils(ctx)?,
+    };
+    Ok(Opened {
+        backend,
+        reason: why.to_owned(),
+        index_path: index_path(&ctx.data_dir, kind),
+    })
+}
+
+fn open_auto(ctx: &StoreContext) -> Result<Opened, StoreError> {
+    let file_exists = ctx.data_dir.join(SECRETS_FILE).exists();
+    let keyring_used = index_path(&ctx.data_dir, StoreKind::Keyring).is_some_and(|p| p.exists());
+    if file_exists && !keyring_used {
+        return open_kind(
+            StoreKind::File,
+            ctx,
+            "auto: an encrypted file store already exists here, so it stays in use",
+        );
+    }
+    match keyring::probe(&ctx.keyring_service, AUTO_PROBE_TIMEOUT) {
+        Ok(()) => open_kind(
+            StoreKind::Keyring,
+            ctx,
+            &format!("auto: {OS_KEYRING_NAME} answered and is unlocked"),
+        ),
+        Err(why) => open_kind(
+            StoreKind::File,
+            ctx,
+            &format!("auto: {OS_KEYRING_NAME} is not usable ({why}), so the encrypted file"),
+        ),
+    }
+}
+
+fn open_file(ctx: &StoreContext) -> Result<FileBackend, StoreError> {
+    std::fs::create_dir_all(&ctx.data_dir)
+        .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", ctx.data_dir.display())))?;
+    FileBackend::open(&ctx.data_dir, &ctx.config_dir, &ctx.keyring_service)
+}
+
+#[cfg(target_os = "linux")]
+fn open_keyutils(ctx: &StoreContext) -> Result<Arc<dyn Backend>, StoreError> {
+    Ok(Arc::new(super::keyutils::KeyutilsBackend::open(
+        &ctx.keyring_service,
+    )?))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_keyutils(_ctx: &StoreContext) -> Result<Arc<dyn Backend>, StoreError> {
+    Err(StoreError::Unavailable(
+        "the keyutils store exists only on Linux; use REGENT_STORE=keyring or file".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_parse() {
+        assert_eq!("auto".parse::<Choice>(), Ok(Choice::Auto));
+        assert_eq!("".parse::<Choice>(), Ok(Choice::Auto));
+        assert_eq!(
+            " File ".parse::<Choice>(),
+            Ok(Choice::Kind(StoreKind::File))
+        );
+        assert_eq!(
+            "memory".parse::<Choice>(),
+            Ok(Choice::Kind(StoreKind::Memory))
+        );
+        let err = "pass".parse::<Choice>().unwrap_err();
+        assert!(err.contains("unknown store \"pass\""), "{err}");
+    }
+
+    #[test]
+    fn memory_has_no_index_file() {
+        let dir = std::path::Path::new("/nonexistent");
+        assert_eq!(index_path(dir, StoreKind::Memory), None);
+        assert_eq!(
+            index_path(dir, StoreKind::File),
+            Some(dir.join("index-file.json"))
+        );
+    }
+
+    #[test]
+    fn auto_keeps_an_existing_file_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = StoreContext {
+            data_dir: tmp.path().join("data"),
+            config_dir: tmp.path().join("config"),
+            keyring_service: "regent-test-unused".into(),
+        };
+        // A key file first, so that creating the file store never asks the
+        // keyring for its master key.
+        std::fs::create_dir_all(&ctx.config_dir).unwrap();
+        let key_file = ctx.config_dir.join(super::super::file::KEY_FILE);
+        std::fs::write(&key_file, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let first = open(Choice::Kind(StoreKind::File), &ctx).unwrap();
+        assert_eq!(first.backend.kind(), StoreKind::File);
+        drop(first);
+        let opened = open(Choice::Auto, &ctx).unwrap();
+        assert_eq!(opened.backend.kind(), StoreKind::File);
+        assert!(
+            opened.reason.contains("already exists"),
+            "{}",
+            opened.reason
+        );
+    }
+}
