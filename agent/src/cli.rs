@@ -1,0 +1,271 @@
+//! The `regent` command line: the agent itself and the commands that manage it.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use regent_shared::client::{self, AgentExe, ClientError, Options};
+use regent_shared::paths;
+use regent_shared::protocol::{EntryInfo, Request, Response, StatusInfo};
+
+use crate::credentials::now_unix;
+use crate::daemon;
+
+/// Exit status of `regent status` when no agent is running (as `systemctl status`).
+const EXIT_NOT_RUNNING: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "regent",
+    version,
+    about = "A credential agent for docker, podman, buildah, skopeo and docker-py",
+    long_about = "regent keeps registry credentials in the OS keyring (or an encrypted file, \
+                  the kernel keyring or memory) and serves them from memory to \
+                  docker-credential-regent, the credential helper clients execute."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (normally started on demand by the helper or `regent start`).
+    Agent {
+        /// Stay attached and log to stderr: for systemd, launchd and debugging.
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Start the agent in the background unless it is running.
+    Start,
+    /// Stop the running agent.
+    Stop,
+    /// Show the agent's pid, uptime, socket, store and number of credentials.
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the stored credentials (never their secrets).
+    Ls {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Agent { foreground } => return daemon::run(foreground),
+        Command::Start => start(),
+        Command::Stop => stop(),
+        Command::Status { json } => status(json),
+        Command::Ls { json } => ls(json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("regent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Options for commands that start the agent when it is not running.
+fn starting_options() -> Options {
+    let mut opts = Options::new("cli");
+    opts.agent_exe = match std::env::current_exe() {
+        Ok(exe) => AgentExe::Path(exe),
+        Err(_) => AgentExe::NextToMe,
+    };
+    opts
+}
+
+fn start() -> anyhow::Result<ExitCode> {
+    let (conn, resp) = client::call_with(&starting_options(), &Request::Status)?;
+    let Response::Status(info) = resp else {
+        bail!("unexpected answer from the agent: {}", resp.kind());
+    };
+    println!(
+        "regent agent running (pid {}, socket {}, store {})",
+        conn.agent.pid, info.socket, info.store
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stop() -> anyhow::Result<ExitCode> {
+    let socket = paths::socket_path();
+    let mut conn = match client::connect(&socket, Duration::from_secs(2)) {
+        Ok(conn) => conn,
+        Err(ClientError::NotRunning(_)) => {
+            println!("regent agent is not running");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let pid = conn.agent.pid;
+    conn.call(&Request::Quit, Duration::from_secs(5))?;
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if !process_alive(pid) {
+            println!("stopped regent agent (pid {pid})");
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!("the agent (pid {pid}) did not exit within 10s; `kill {pid}` stops it")
+}
+
+fn process_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+fn status(json: bool) -> anyhow::Result<ExitCode> {
+    let socket = paths::socket_path();
+    let mut conn = match client::connect(&socket, Duration::from_secs(2)) {
+        Ok(conn) => conn,
+        Err(ClientError::NotRunning(_)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"running": false, "socket": socket.display().to_string()})
+                );
+            } else {
+                println!("agent:        not running");
+                println!("socket:       {}", socket.display());
+                println!(
+                    "              (`regent start` or any docker-credential-regent call starts it)"
+                );
+            }
+            return Ok(ExitCode::from(EXIT_NOT_RUNNING));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let resp = conn.call(&Request::Status, Duration::from_secs(5))?;
+    let Response::Status(info) = resp else {
+        bail!("unexpected answer from the agent: {}", resp.kind());
+    };
+    if json {
+        let mut value = serde_json::to_value(&*info)?;
+        value["running"] = serde_json::Value::Bool(true);
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print_status(&info);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(info: &StatusInfo) {
+    println!(
+        "agent:        running (pid {}, version {}, protocol {})",
+        info.pid, info.version, info.proto
+    );
+    println!("uptime:       {}", human_duration(info.uptime_secs));
+    println!("socket:       {}", info.socket);
+    println!("store:        {} ({})", info.store, info.store_reason);
+    if let Some(location) = &info.store_location {
+        println!("location:     {location}");
+    }
+    println!("credentials:  {}", info.credentials);
+    if let Some(config) = &info.config {
+        println!("config:       {config}");
+    }
+    if let Some(log) = &info.log {
+        println!("log:          {log}");
+    }
+}
+
+fn ls(json: bool) -> anyhow::Result<ExitCode> {
+    let resp = client::call(&starting_options(), &Request::Entries)?;
+    let entries = match resp {
+        Response::Entries { entries } => entries,
+        Response::Error { message, .. } => bail!("{message}"),
+        other => bail!("unexpected answer from the agent: {}", other.kind()),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).context("encoding the list")?
+        );
+    } else {
+        print_entries(&entries);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_entries(entries: &[EntryInfo]) {
+    if entries.is_empty() {
+        println!("no credentials stored (log in with `docker login` or `podman login`)");
+        return;
+    }
+    let now = now_unix();
+    let rows: Vec<[String; 4]> = entries
+        .iter()
+        .map(|e| {
+            [
+                e.server_url.clone(),
+                e.username.clone(),
+                e.source.clone(),
+                format!("{} ago", human_duration((now - e.updated).max(0) as u64)),
+            ]
+        })
+        .collect();
+    let header = ["REGISTRY", "USERNAME", "SOURCE", "UPDATED"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 4]| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header);
+    for row in &rows {
+        line([&row[0], &row[1], &row[2], &row[3]]);
+    }
+}
+
+/// `3d 4h`, `2h 5m`, `4m 10s`, `12s`.
+fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(61), "1m 1s");
+        assert_eq!(human_duration(3 * 3600 + 120), "3h 2m");
+        assert_eq!(human_duration(2 * 86400 + 3600), "2d 1h");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,342 @@
+//! `regent agent`: the agent's life from start to exit.
+//!
+//! 1. Harden the process (no core dumps, not ptrace-able by the same user).
+//! 2. Read the config; create the session keyring if the kernel keyring is the
+//!    store (before any thread exists).
+//! 3. Detach from the caller's session when started by a client.
+//! 4. Take the pid lock beside the socket: one agent per socket. A second
+//!    agent started in a race finds the lock held, reports the first one as
+//!    ready and exits.
+//! 5. Open the store and the index, load what can be loaded.
+//! 6. Listen: on the socket systemd handed over (socket activation), or bind
+//!    the socket path after removing a stale socket file that refuses
+//!    connections.
+//! 7. Say "ready": `READY=1` to systemd, and the ready line on stdout to the
+//!    client that spawned us, whose pipe is then let go.
+//! 8. Serve until `Quit`, SIGTERM or SIGINT; then remove the socket.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, IsTerminal, Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, anyhow, bail};
+use regent_shared::client::{ERROR_PREFIX, READY_LINE};
+use regent_shared::paths::{self, DirState};
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::credentials::{Credentials, now_unix};
+use crate::server::{self, AgentState};
+use crate::store::index::Index;
+use crate::store::select::{self, Choice, StoreContext};
+
+/// Runs the agent. `foreground`: attached to the terminal or a supervisor,
+/// logging to stderr. Otherwise it was spawned by a client, which reads the
+/// ready line from our stdout.
+pub fn run(foreground: bool) -> ExitCode {
+    let spawned = !foreground && !io::stdout().is_terminal();
+    if !foreground && !spawned {
+        eprintln!(
+            "regent: running in the foreground; use `regent start` to run the agent in the background"
+        );
+    }
+    match start(spawned) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            tracing::error!("{msg}");
+            if spawned {
+                println!("{ERROR_PREFIX}{msg}");
+            } else {
+                eprintln!("regent: {msg}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(spawned: bool) -> anyhow::Result<ExitCode> {
+    harden();
+    let settings = Settings::load()?;
+    let choice: Choice = settings.store.parse().map_err(|e| {
+        anyhow!(
+            "{e} (from REGENT_STORE or `store` in {})",
+            settings.path.display()
+        )
+    })?;
+    #[cfg(target_os = "linux")]
+    if choice == Choice::Kind(crate::store::StoreKind::Keyutils) {
+        if let Err(e) = crate::store::keyutils::prepare_process() {
+            eprintln!("regent: {e}");
+        }
+    }
+    if spawned {
+        // A session of our own: no controlling terminal, no signals meant
+        // for the program that started us.
+        // SAFETY: setsid has no preconditions; failure (already a group
+        // leader) is harmless.
+        unsafe {
+            libc::setsid();
+        }
+    }
+
+    let socket = paths::socket_path();
+    let dir = paths::runtime_dir(&socket);
+    if let DirState::Tightened(mode) = paths::ensure_private_dir(&dir)? {
+        eprintln!(
+            "regent: {} had mode {mode:o}; set it back to 700",
+            dir.display()
+        );
+    }
+    let pid_path = paths::pid_file_path(&socket);
+    let _pid_lock = match PidLock::acquire(&pid_path)? {
+        Lock::Acquired(lock) => lock,
+        Lock::Held(pid) => {
+            if spawned {
+                // Another agent won the race; the client can use it once it
+                // listens.
+                let deadline = Instant::now() + std::time::Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                        println!("{READY_LINE} {pid}");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            bail!(
+                "another regent agent (pid {pid}) is already serving {}; stop it with `regent stop`",
+                socket.display()
+            );
+        }
+    };
+
+    let log = init_logging(!spawned, &settings.log)?;
+    tracing::info!(
+        pid = std::process::id(),
+        version = env!("CARGO_PKG_VERSION"),
+        "agent starting"
+    );
+
+    let ctx = StoreContext {
+        data_dir: paths::data_dir(),
+        config_dir: paths::config_dir(),
+        keyring_service: settings.keyring_service.clone(),
+    };
+    let opened = select::open(choice, &ctx)?;
+    tracing::info!(store = %opened.backend.kind(), reason = %opened.reason, "store opened");
+    let index = Index::load(opened.index_path.clone())?;
+    let credentials = Credentials::open(opened.backend, index)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("regent")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let config = if settings.file_present {
+        settings.path.display().to_string()
+    } else {
+        format!("{} (not present)", settings.path.display())
+    };
+    runtime.block_on(async move {
+        let (listener, activated) = listen(&socket)?;
+        let (shutdown, _) = watch::channel(false);
+        let state = Arc::new(AgentState {
+            credentials,
+            socket: socket.display().to_string(),
+            store_reason: opened.reason,
+            config: Some(config),
+            log: log.map(|p| p.display().to_string()),
+            started_unix: now_unix(),
+            started: Instant::now(),
+            uid: paths::current_uid(),
+            shutdown,
+        });
+        watch_signals(state.shutdown.clone())?;
+        announce_ready(spawned);
+        tracing::info!(socket = %socket.display(), activated, "listening");
+        server::serve(listener, state).await;
+        if !activated {
+            let _ = fs::remove_file(&socket);
+        }
+        tracing::info!("agent stopped");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// No core dumps, and no ptrace or /proc/<pid>/mem access by other processes
+/// of the same user.
+fn harden() {
+    // SAFETY: plain syscalls with valid arguments; failures are reported.
+    unsafe {
+        let none = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::setrlimit(libc::RLIMIT_CORE, &none) != 0 {
+            eprintln!(
+                "regent: cannot disable core dumps: {}",
+                io::Error::last_os_error()
+            );
+        }
+        #[cfg(target_os = "linux")]
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            eprintln!(
+                "regent: cannot make the agent non-dumpable: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+enum Lock {
+    Acquired(PidLock),
+    Held(String),
+}
+
+/// `agent.pid`, locked for as long as the agent lives.
+struct PidLock(#[allow(dead_code)] File);
+
+impl PidLock {
+    fn acquire(path: &Path) -> anyhow::Result<Lock> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot open the pid file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                return Ok(Lock::Held(pid.trim().to_owned()));
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())?;
+        file.sync_all()?;
+        Ok(Lock::Acquired(PidLock(file)))
+    }
+}
+
+/// The listening socket: handed over by systemd, or bound here.
+fn listen(socket: &Path) -> anyhow::Result<(tokio::net::UnixListener, bool)> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if let Ok(Some(listener)) = fds.take_unix_listener(0) {
+        listener.set_nonblocking(true)?;
+        return Ok((tokio::net::UnixListener::from_std(listener)?, true));
+    }
+    if fs::symlink_metadata(socket).is_ok() {
+        match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(_) => bail!(
+                "{} is already served by another process; run `regent status`",
+                socket.display()
+            ),
+            Err(_) => {
+                tracing::info!(socket = %socket.display(), "removing a stale socket");
+                fs::remove_file(socket).with_context(|| {
+                    format!("cannot remove the stale socket {}", socket.display())
+                })?;
+            }
+        }
+    }
+    let listener = StdUnixListener::bind(socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    fs::set_permissions(socket, fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    Ok((tokio::net::UnixListener::from_std(listener)?, false))
+}
+
+fn watch_signals(shutdown: watch::Sender<bool>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT"); break; }
+                _ = hup.recv() => tracing::info!("SIGHUP: nothing to reload"),
+            }
+        }
+        let _ = shutdown.send(true);
+    });
+    Ok(())
+}
+
+/// Tells systemd and the spawning client that the socket is open, then lets
+/// go of the client's pipe so its reader sees end of file.
+fn announce_ready(spawned: bool) {
+    #[cfg(target_os = "linux")]
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if spawned {
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{READY_LINE} {}", std::process::id());
+        let _ = out.flush();
+        drop(out);
+        redirect_to_null(1);
+    }
+}
+
+fn redirect_to_null(fd: i32) {
+    if let Ok(null) = OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: both descriptors are valid; dup2 replaces `fd` atomically.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), fd);
+        }
+    }
+}
+
+/// Logs to stderr when attached, else to the log file (returned).
+fn init_logging(to_stderr: bool, level: &str) -> anyhow::Result<Option<PathBuf>> {
+    let level: tracing::Level = level.parse().map_err(|_| {
+        anyhow!("unknown log level {level:?}: use error, warn, info, debug or trace")
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(false);
+    if to_stderr {
+        builder.with_writer(io::stderr).init();
+        return Ok(None);
+    }
+    let path = paths::log_file();
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if fs::metadata(&path)
+        .map(|m| m.len() > 4 << 20)
+        .unwrap_or(false)
+    {
+        let _ = fs::rename(&path, path.with_extension("log.old"));
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open the log file {}", path.display()))?;
+    builder.with_writer(std::sync::Mutex::new(file)).init();
+    redirect_to_null(2);
+    Ok(Some(path))
+}

@@ -1,0 +1,325 @@
+//! The accept loop: peer check, handshake, bounded frames, dispatch.
+//!
+//! Every connection is checked before a byte is read from it: the peer's uid
+//! must be ours. Then the first frame must be `Hello` and arrive within
+//! [`HANDSHAKE_TIMEOUT`]; later frames may come at any pace up to
+//! [`IDLE_TIMEOUT`], and each frame must complete within [`FRAME_TIMEOUT`] of
+//! its first byte. A header announcing more than `MAX_FRAME` bytes closes the
+//! connection before anything is allocated. At most [`MAX_CONNECTIONS`]
+//! connections are served at once; the rest are closed on accept, so idle or
+//! hostile peers cannot starve the rest.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use regent_shared::messages::{NO_SERVER_URL, NO_USERNAME};
+use regent_shared::protocol::{
+    self, ErrorKind, FrameError, MIN_SUPPORTED_PROTOCOL, PROTOCOL_VERSION, Request, Response,
+    StatusInfo,
+};
+use regent_shared::registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, watch};
+use zeroize::Zeroizing;
+
+use crate::credentials::Credentials;
+
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// What the agent knows about itself, for `Hello` and `Status`.
+pub struct AgentState {
+    pub credentials: Credentials,
+    pub socket: String,
+    pub store_reason: String,
+    pub config: Option<String>,
+    pub log: Option<String>,
+    pub started_unix: i64,
+    pub started: Instant,
+    pub uid: u32,
+    /// Flipped to `true` to stop the agent.
+    pub shutdown: watch::Sender<bool>,
+}
+
+impl AgentState {
+    fn status(&self) -> StatusInfo {
+        StatusInfo {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            proto: PROTOCOL_VERSION,
+            started: self.started_unix,
+            uptime_secs: self.started.elapsed().as_secs(),
+            socket: self.socket.clone(),
+            store: self.credentials.kind().name().to_owned(),
+            store_reason: self.store_reason.clone(),
+            store_location: Some(self.credentials.location()),
+            credentials: self.credentials.len(),
+            config: self.config.clone(),
+            log: self.log.clone(),
+        }
+    }
+}
+
+/// Serves connections until `state.shutdown` turns true.
+pub async fn serve(listener: UnixListener, state: Arc<AgentState>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut shutdown = state.shutdown.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == state.uid => {}
+            Ok(cred) => {
+                tracing::warn!(
+                    peer_uid = cred.uid(),
+                    peer_pid = cred.pid(),
+                    "refused a connection from another user"
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the peer's credentials; connection refused");
+                continue;
+            }
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(limit = MAX_CONNECTIONS, "too many connections; one refused");
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = handle(stream, &state).await {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+struct Session {
+    hello: bool,
+    supported: bool,
+}
+
+async fn handle(mut stream: UnixStream, state: &AgentState) -> Result<(), FrameError> {
+    let mut session = Session {
+        hello: false,
+        supported: false,
+    };
+    loop {
+        let wait = if session.hello {
+            IDLE_TIMEOUT
+        } else {
+            HANDSHAKE_TIMEOUT
+        };
+        let body = match read_frame(&mut stream, wait).await {
+            Ok(body) => body,
+            Err(FrameError::Closed) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let response = match protocol::decode_body::<Request>(&body) {
+            Ok(req) => {
+                drop(body);
+                let quit = matches!(req, Request::Quit);
+                let response = dispatch(req, &mut session, state).await;
+                if quit {
+                    write_frame(&mut stream, &response).await?;
+                    tracing::info!("quit requested by a client");
+                    let _ = state.shutdown.send(true);
+                    return Ok(());
+                }
+                response
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "undecodable request");
+                Response::error(ErrorKind::BadRequest, format!("{e}"))
+            }
+        };
+        let close = !session.hello;
+        write_frame(&mut stream, &response).await?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+async fn dispatch(req: Request, session: &mut Session, state: &AgentState) -> Response {
+    let kind = req.kind();
+    if let Request::Hello {
+        proto,
+        client,
+        version,
+    } = &req
+    {
+        session.hello = true;
+        session.supported = (MIN_SUPPORTED_PROTOCOL..=PROTOCOL_VERSION).contains(proto);
+        tracing::debug!(client, version, proto, "hello");
+        return Response::Hello {
+            proto: PROTOCOL_VERSION,
+            min_proto: MIN_SUPPORTED_PROTOCOL,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+        };
+    }
+    if !session.hello {
+        return Response::error(ErrorKind::BadRequest, "the first message must be Hello");
+    }
+    if !session.supported && !matches!(req, Request::Quit) {
+        return Response::error(
+            ErrorKind::Unsupported,
+            format!(
+                "this regent agent serves protocol {MIN_SUPPORTED_PROTOCOL}..={PROTOCOL_VERSION}; \
+                 install matching versions of regent and docker-credential-regent"
+            ),
+        );
+    }
+    let started = Instant::now();
+    let response = match req {
+        Request::Hello { .. } => unreachable!("handled above"),
+        Request::Get { server_url, .. } => get(state, &server_url).await,
+        Request::Store {
+            server_url,
+            username,
+            secret,
+        } => {
+            if server_url.trim().is_empty() {
+                Response::error(ErrorKind::BadRequest, NO_SERVER_URL)
+            } else if username.is_empty() {
+                Response::error(ErrorKind::BadRequest, NO_USERNAME)
+            } else {
+                match registry::canonical(&server_url) {
+                    Err(e) => Response::error(ErrorKind::BadRequest, e.to_string()),
+                    Ok(key) => {
+                        let size = secret.len();
+                        let server_url = server_url.trim().to_owned();
+                        match state
+                            .credentials
+                            .store(key.clone(), server_url, username, secret)
+                            .await
+                        {
+                            Ok(()) => {
+                                tracing::info!(key, secret_bytes = size, "stored");
+                                Response::Done
+                            }
+                            Err(e) => Response::error(
+                                ErrorKind::Store,
+                                format!("cannot store the credentials for {key}: {e}"),
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+        Request::Erase { server_url } => match registry::canonical(&server_url) {
+            // Nothing can be stored under a key that does not parse.
+            Err(_) => Response::Done,
+            Ok(key) => match state.credentials.erase(key.clone()).await {
+                Ok(()) => {
+                    tracing::info!(key, "erased");
+                    Response::Done
+                }
+                Err(e) => Response::error(
+                    ErrorKind::Store,
+                    format!("cannot erase the credentials for {key}: {e}"),
+                ),
+            },
+        },
+        Request::List => Response::List {
+            entries: state.credentials.list(),
+        },
+        Request::Entries => Response::Entries {
+            entries: state.credentials.entries(),
+        },
+        Request::Status => Response::Status(Box::new(state.status())),
+        Request::Quit => Response::Done,
+    };
+    tracing::debug!(
+        request = kind,
+        response = response.kind(),
+        micros = started.elapsed().as_micros() as u64,
+        "served"
+    );
+    response
+}
+
+async fn get(state: &AgentState, server_url: &str) -> Response {
+    let Ok(key) = registry::canonical(server_url) else {
+        return Response::NotFound;
+    };
+    match state.credentials.get(&key).await {
+        Ok(Some(cred)) => Response::Credentials {
+            server_url: server_url.trim().to_owned(),
+            username: cred.username,
+            secret: cred.secret,
+        },
+        Ok(None) => Response::NotFound,
+        Err(e) => Response::error(
+            ErrorKind::Store,
+            format!("cannot read the credentials for {key}: {e}"),
+        ),
+    }
+}
+
+/// Reads one frame body. `wait` bounds the time until the first byte; the
+/// rest of the frame must follow within [`FRAME_TIMEOUT`].
+async fn read_frame(
+    stream: &mut UnixStream,
+    wait: Duration,
+) -> Result<Zeroizing<Vec<u8>>, FrameError> {
+    let mut header = [0u8; 4];
+    let first = tokio::time::timeout(wait, stream.read(&mut header))
+        .await
+        .map_err(|_| timed_out("waiting for a request"))??;
+    if first == 0 {
+        return Err(FrameError::Closed);
+    }
+    let rest = async {
+        stream
+            .read_exact(&mut header[first..])
+            .await
+            .map_err(truncated)?;
+        let len = protocol::frame_len(header)?;
+        let mut body = Zeroizing::new(vec![0u8; len]);
+        stream.read_exact(&mut body).await.map_err(truncated)?;
+        Ok::<_, FrameError>(body)
+    };
+    tokio::time::timeout(FRAME_TIMEOUT, rest)
+        .await
+        .map_err(|_| timed_out("in the middle of a frame"))?
+}
+
+async fn write_frame(stream: &mut UnixStream, response: &Response) -> Result<(), FrameError> {
+    let frame = protocol::encode_frame(response)?;
+    tokio::time::timeout(FRAME_TIMEOUT, stream.write_all(&frame))
+        .await
+        .map_err(|_| timed_out("writing a response"))??;
+    Ok(())
+}
+
+fn truncated(e: std::io::Error) -> FrameError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        FrameError::Truncated
+    } else {
+        FrameError::Io(e)
+    }
+}
+
+fn timed_out(what: &str) -> FrameError {
+    FrameError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("timed out {what}"),
+    ))
+}
