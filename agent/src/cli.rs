@@ -10,7 +10,7 @@ use regent_shared::paths;
 use regent_shared::protocol::{EntryInfo, Request, Response, StatusInfo};
 
 use crate::credentials::now_unix;
-use crate::daemon;
+use crate::{daemon, import, setup};
 
 /// Exit status of `regent status` when no agent is running (as `systemctl status`).
 const EXIT_NOT_RUNNING: u8 = 3;
@@ -53,6 +53,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Point docker and podman/buildah/skopeo at regent (all found, or those named).
+    Setup {
+        /// The clients to set up; none: every client found on this machine.
+        #[arg(value_enum)]
+        clients: Vec<setup::Client>,
+        /// Use regent for this registry only (docker `credHelpers`); repeatable.
+        #[arg(long, value_name = "HOST")]
+        helper_for: Vec<String>,
+        /// Print what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Restore what `regent setup` changed.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Move plaintext credentials from docker's config.json and containers' auth.json into regent.
+    Import {
+        /// Files to import from; none: docker's config.json and every containers auth.json.
+        files: Vec<std::path::PathBuf>,
+        /// Leave the entries in the files.
+        #[arg(long)]
+        keep: bool,
+        /// Show what would be imported, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -63,6 +92,31 @@ pub fn main() -> ExitCode {
         Command::Stop => stop(),
         Command::Status { json } => status(json),
         Command::Ls { json } => ls(json),
+        Command::Setup {
+            clients,
+            helper_for,
+            dry_run,
+            undo,
+        } => setup::run(setup::Args {
+            clients,
+            helper_for,
+            dry_run,
+            undo,
+        }),
+        Command::Import {
+            files,
+            keep,
+            dry_run,
+            json,
+        } => import::run(
+            import::Args {
+                files,
+                keep,
+                dry_run,
+                json,
+            },
+            &starting_options(),
+        ),
     };
     match result {
         Ok(code) => code,

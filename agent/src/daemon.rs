@@ -70,10 +70,10 @@ fn start(spawned: bool) -> anyhow::Result<ExitCode> {
         )
     })?;
     #[cfg(target_os = "linux")]
-    if choice == Choice::Kind(crate::store::StoreKind::Keyutils) {
-        if let Err(e) = crate::store::keyutils::prepare_process() {
-            eprintln!("regent: {e}");
-        }
+    if choice == Choice::Kind(crate::store::StoreKind::Keyutils)
+        && let Err(e) = crate::store::keyutils::prepare_process()
+    {
+        eprintln!("regent: {e}");
     }
     if spawned {
         // A session of our own: no controlling terminal, no signals meant

@@ -1,8 +1,11 @@
 //! The regent agent and its management CLI.
 
 pub mod cli;
+pub mod clientconf;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
+pub mod import;
 pub mod server;
+pub mod setup;
 pub mod store;

@@ -32,7 +32,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -152,10 +152,7 @@ pub(super) fn run_with_timeout<T: Send + 'static>(
     if spawned.is_err() {
         return None;
     }
-    match rx.recv_timeout(timeout) {
-        Ok(value) => Some(value),
-        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-    }
+    rx.recv_timeout(timeout).ok()
 }
 
 #[cfg(target_os = "linux")]

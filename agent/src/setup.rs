@@ -1,0 +1,473 @@
+//! `regent setup`: point docker and podman/buildah/skopeo at regent, and
+//! `regent setup --undo`: put them back.
+//!
+//! - docker: `"credsStore": "regent"` in docker's `config.json` (or
+//!   `"credHelpers": {"HOST": "regent"}` with `--helper-for HOST`), every
+//!   other key kept.
+//! - podman, buildah, skopeo ignore `credsStore`; they read
+//!   `credential-helpers` from `registries.conf`. regent writes a drop-in,
+//!   `~/.config/containers/registries.conf.d/50-regent.conf`, that puts regent
+//!   first and keeps the built-in `containers-auth.json` second, so the
+//!   user's own `registries.conf` is never touched.
+//!
+//! What was there before (a previous `credsStore`, `credHelpers` entry) is
+//! recorded in `<state dir>/setup.json`, which `--undo` reads to restore it.
+//! Every change is idempotent; files are written as [`crate::clientconf`]
+//! describes (backup, atomic replace).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::clientconf::{self, JsonFile};
+
+/// The helper name clients are given: they run `docker-credential-regent`.
+pub const HELPER_NAME: &str = "regent";
+/// The drop-in file name in `registries.conf.d`.
+pub const DROPIN_NAME: &str = "50-regent.conf";
+const DROPIN_MARKER: &str = "# Written by `regent setup podman`";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Client {
+    /// docker CLI, buildx, compose, docker-py (config.json)
+    Docker,
+    /// podman, buildah, skopeo (registries.conf.d drop-in)
+    Podman,
+}
+
+pub struct Args {
+    pub clients: Vec<Client>,
+    pub helper_for: Vec<String>,
+    pub dry_run: bool,
+    pub undo: bool,
+}
+
+/// What `--undo` needs to know, kept in the state directory.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    docker: Option<DockerState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    podman: Option<PodmanState>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct DockerState {
+    config: PathBuf,
+    /// True when regent set `credsStore`.
+    #[serde(default)]
+    creds_store: bool,
+    /// The `credsStore` before regent's, if there was one.
+    #[serde(default)]
+    previous_creds_store: Option<String>,
+    /// Hosts regent added to `credHelpers`, with the helper each had before.
+    #[serde(default)]
+    helper_for: BTreeMap<String, Option<String>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PodmanState {
+    dropin: PathBuf,
+}
+
+fn state_path() -> PathBuf {
+    regent_shared::paths::state_dir().join("setup.json")
+}
+
+fn load_state() -> anyhow::Result<State> {
+    let path = state_path();
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is not readable as regent's setup record; move it aside to continue",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(e) => bail!("cannot read {}: {e}", path.display()),
+    }
+}
+
+fn save_state(state: &State) -> anyhow::Result<()> {
+    let path = state_path();
+    if state.docker.is_none() && state.podman.is_none() {
+        match fs::remove_file(&path) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => bail!("cannot remove {}: {e}", path.display()),
+        }
+    }
+    clientconf::write_atomic_creating(&path, &clientconf::render_json(state))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.undo && !args.helper_for.is_empty() {
+        bail!("--undo takes no --helper-for: it undoes everything regent set up");
+    }
+    let explicit = !args.clients.is_empty();
+    let mut clients = args.clients.clone();
+    if !args.helper_for.is_empty() && !clients.contains(&Client::Docker) {
+        if explicit {
+            bail!("--helper-for applies to docker only: `regent setup docker --helper-for HOST`");
+        }
+        clients = vec![Client::Docker];
+    }
+    if clients.is_empty() {
+        clients = detect_clients(args.undo);
+        if clients.is_empty() {
+            if args.undo {
+                println!("nothing to undo: regent has not set up any client");
+            } else {
+                println!(
+                    "found no docker or podman/buildah/skopeo here; name one to set it up \
+                     anyway: `regent setup docker` or `regent setup podman`"
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    clients.sort();
+    clients.dedup();
+
+    let mut state = load_state()?;
+    for client in clients {
+        match (client, args.undo) {
+            (Client::Docker, false) => setup_docker(&mut state, &args.helper_for, args.dry_run)?,
+            (Client::Docker, true) => undo_docker(&mut state, args.dry_run)?,
+            (Client::Podman, false) => setup_podman(&mut state, args.dry_run)?,
+            (Client::Podman, true) => undo_podman(&mut state, args.dry_run)?,
+        }
+    }
+    if !args.dry_run {
+        save_state(&state)?;
+        if !args.undo {
+            check_helper_on_path();
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The clients found on this machine (programs on PATH or their config), or
+/// for `--undo` the ones regent set up.
+fn detect_clients(undo: bool) -> Vec<Client> {
+    let mut out = Vec::new();
+    if undo {
+        let state = load_state().unwrap_or_default();
+        if state.docker.is_some() {
+            out.push(Client::Docker);
+        }
+        if state.podman.is_some() || dropin_path().exists() {
+            out.push(Client::Podman);
+        }
+        return out;
+    }
+    if on_path("docker") || clientconf::docker_config_path().exists() {
+        out.push(Client::Docker);
+    }
+    if ["podman", "buildah", "skopeo"].iter().any(|p| on_path(p))
+        || clientconf::containers_config_dir().exists()
+    {
+        out.push(Client::Podman);
+    }
+    out
+}
+
+fn on_path(program: &str) -> bool {
+    find_on_path(program).is_some()
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+fn check_helper_on_path() {
+    if !on_path("docker-credential-regent") {
+        eprintln!(
+            "regent: warning: docker-credential-regent is not on PATH, and clients look it up \
+             there; add its directory to PATH (scripts/install puts it in ~/.local/bin)"
+        );
+    }
+}
+
+fn write_or_show(file: &JsonFile, dry_run: bool) -> anyhow::Result<()> {
+    if !dry_run {
+        if let Some(backup) = file.save()? {
+            println!("        previous version saved as {}", backup.display());
+        }
+        return Ok(());
+    }
+    let old = file
+        .original
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let new = file.render();
+    print!(
+        "{}",
+        clientconf::diff(&file.path, &old, &String::from_utf8_lossy(&new))
+    );
+    Ok(())
+}
+
+fn setup_docker(state: &mut State, hosts: &[String], dry_run: bool) -> anyhow::Result<()> {
+    let path = clientconf::docker_config_path();
+    let mut file = JsonFile::load(&path)?;
+    let record = state.docker.get_or_insert_with(|| DockerState {
+        config: path.clone(),
+        ..DockerState::default()
+    });
+    if record.config != path {
+        // DOCKER_CONFIG changed since the last setup; record the new file.
+        *record = DockerState {
+            config: path.clone(),
+            ..DockerState::default()
+        };
+    }
+
+    let mut notes = Vec::new();
+    if hosts.is_empty() {
+        let current = file.value.get("credsStore").and_then(Value::as_str);
+        if current != Some(HELPER_NAME) {
+            if let Some(prev) = current.filter(|p| !p.is_empty()) {
+                notes.push(format!(
+                    "credsStore was \"{prev}\"; credentials kept there stay there (log in again \
+                     to move one to regent); `regent setup --undo` switches back"
+                ));
+                record.previous_creds_store = Some(prev.to_owned());
+            }
+            file.value
+                .insert("credsStore".into(), Value::String(HELPER_NAME.into()));
+            record.creds_store = true;
+        }
+    } else {
+        let helpers = file
+            .value
+            .entry("credHelpers")
+            .or_insert_with(|| Value::Object(Default::default()));
+        let Value::Object(helpers) = helpers else {
+            bail!(
+                "\"credHelpers\" in {} is not a JSON object; fix it, then run this again \
+                 (nothing was changed)",
+                path.display()
+            );
+        };
+        for host in hosts {
+            let host = host.trim();
+            if host.is_empty() || host.contains(char::is_whitespace) {
+                bail!("--helper-for needs a registry host such as ghcr.io, not {host:?}");
+            }
+            let current = helpers.get(host).and_then(Value::as_str).map(str::to_owned);
+            if current.as_deref() != Some(HELPER_NAME) {
+                record.helper_for.insert(host.to_owned(), current);
+                helpers.insert(host.to_owned(), Value::String(HELPER_NAME.into()));
+            }
+        }
+    }
+
+    if let Some(Value::Object(auths)) = file.value.get("auths") {
+        let plain = auths
+            .values()
+            .filter(|v| {
+                v.get("auth")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.is_empty())
+                    || v.get("identitytoken")
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| !s.is_empty())
+            })
+            .count();
+        if plain > 0 {
+            notes.push(format!(
+                "{} holds {plain} plaintext credential(s); move them into regent with \
+                 `regent import`",
+                path.display()
+            ));
+        }
+    }
+
+    if !file.changed() {
+        println!("docker: already set up ({})", path.display());
+    } else {
+        if !dry_run {
+            if hosts.is_empty() {
+                println!(
+                    "docker: credsStore = \"{HELPER_NAME}\" in {}",
+                    path.display()
+                );
+            } else {
+                println!(
+                    "docker: credHelpers {} = \"{HELPER_NAME}\" in {}",
+                    hosts.join(", "),
+                    path.display()
+                );
+            }
+        }
+        write_or_show(&file, dry_run)?;
+    }
+    for note in notes {
+        println!("        note: {note}");
+    }
+    Ok(())
+}
+
+fn undo_docker(state: &mut State, dry_run: bool) -> anyhow::Result<()> {
+    let Some(record) = state.docker.take() else {
+        println!("docker: nothing to undo");
+        return Ok(());
+    };
+    let path = record.config.clone();
+    let mut file = match JsonFile::load(&path) {
+        Ok(file) => file,
+        Err(e) => {
+            state.docker = Some(record);
+            return Err(e);
+        }
+    };
+    if record.creds_store
+        && file.value.get("credsStore").and_then(Value::as_str) == Some(HELPER_NAME)
+    {
+        match &record.previous_creds_store {
+            Some(prev) => {
+                file.value
+                    .insert("credsStore".into(), Value::String(prev.clone()));
+            }
+            None => {
+                file.value.remove("credsStore");
+            }
+        }
+    }
+    if let Some(Value::Object(helpers)) = file.value.get_mut("credHelpers") {
+        for (host, prev) in &record.helper_for {
+            if helpers.get(host).and_then(Value::as_str) == Some(HELPER_NAME) {
+                match prev {
+                    Some(prev) => {
+                        helpers.insert(host.clone(), Value::String(prev.clone()));
+                    }
+                    None => {
+                        helpers.remove(host);
+                    }
+                }
+            }
+        }
+        if helpers.is_empty() {
+            file.value.remove("credHelpers");
+        }
+    }
+    if !file.changed() {
+        println!("docker: nothing to undo in {}", path.display());
+    } else {
+        if !dry_run {
+            println!("docker: restoring {}", path.display());
+        }
+        if let Err(e) = write_or_show(&file, dry_run) {
+            state.docker = Some(record);
+            return Err(e);
+        }
+        if !dry_run {
+            println!(
+                "        note: credentials stored in regent stay there (`regent ls` lists them); \
+                 docker no longer asks for them"
+            );
+        }
+    }
+    if dry_run {
+        state.docker = Some(record);
+    }
+    Ok(())
+}
+
+fn dropin_path() -> PathBuf {
+    clientconf::containers_config_dir()
+        .join("registries.conf.d")
+        .join(DROPIN_NAME)
+}
+
+fn dropin_contents() -> String {
+    format!(
+        "{DROPIN_MARKER}; `regent setup --undo` removes it.\n\
+         # podman, buildah and skopeo ask docker-credential-regent first, then their own\n\
+         # auth.json files.\n\
+         credential-helpers = [\"{HELPER_NAME}\", \"containers-auth.json\"]\n"
+    )
+}
+
+fn setup_podman(state: &mut State, dry_run: bool) -> anyhow::Result<()> {
+    let path = dropin_path();
+    let want = dropin_contents();
+    let current = match fs::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => bail!("cannot read {}: {e}; nothing was changed", path.display()),
+    };
+    if current.as_deref() == Some(want.as_str()) {
+        println!("podman: already set up ({})", path.display());
+    } else if current
+        .as_ref()
+        .is_some_and(|c| !c.starts_with(DROPIN_MARKER))
+    {
+        bail!(
+            "{} exists and was not written by regent; move it aside, then run this again \
+             (nothing was changed)",
+            path.display()
+        );
+    } else if dry_run {
+        print!(
+            "{}",
+            clientconf::diff(&path, current.as_deref().unwrap_or(""), &want)
+        );
+    } else {
+        write_new_file(&path, want.as_bytes())?;
+        println!(
+            "podman: credential-helpers = [\"{HELPER_NAME}\", \"containers-auth.json\"] in {}",
+            path.display()
+        );
+        println!("        (used by podman, buildah and skopeo; your registries.conf is unchanged)");
+    }
+    if !dry_run {
+        state.podman = Some(PodmanState { dropin: path });
+    }
+    Ok(())
+}
+
+fn undo_podman(state: &mut State, dry_run: bool) -> anyhow::Result<()> {
+    let path = state
+        .podman
+        .as_ref()
+        .map(|p| p.dropin.clone())
+        .unwrap_or_else(dropin_path);
+    match fs::read_to_string(&path) {
+        Ok(text) if text.starts_with(DROPIN_MARKER) => {
+            if dry_run {
+                print!("{}", clientconf::diff(&path, &text, ""));
+            } else {
+                fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+                println!("podman: removed {}", path.display());
+            }
+        }
+        Ok(_) => println!(
+            "podman: {} was not written by regent; left as it is",
+            path.display()
+        ),
+        Err(_) => println!("podman: nothing to undo"),
+    }
+    if !dry_run {
+        state.podman = None;
+    }
+    Ok(())
+}
+
+fn write_new_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    clientconf::write_atomic_creating(path, bytes)
+}
