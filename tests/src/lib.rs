@@ -17,6 +17,8 @@
 //! Every child runs with a hard timeout: a hang kills it and fails the test
 //! with what it printed so far and the agent log.
 
+pub mod e2e;
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;

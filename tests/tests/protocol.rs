@@ -2,7 +2,7 @@
 //! error string, stdin variants, output shapes (protocol.md §5, C1–C24).
 
 use regent_tests::{
-    Input, NO_SERVER_URL, NO_USERNAME, NOT_FOUND, TestEnv, random_secret, unique_host,
+    Input, NO_SERVER_URL, NO_USERNAME, NOT_FOUND, StoreKind, TestEnv, random_secret, unique_host,
 };
 
 const VERSION_PREFIX: &str = "docker-credential-regent (regent) ";
@@ -364,7 +364,20 @@ fn list_returns_keys_as_stored() {
 
 // ---- C20, C21, C22: payloads ----
 
+/// The largest secret the kernel keyring keeps in one key.
+const KEYUTILS_MAX: usize = 32_767;
+
 fn assert_round_trip(env: &TestEnv, host: &str, username: &str, secret: &str) {
+    if env.store == StoreKind::Keyutils && secret.len() > KEYUTILS_MAX {
+        // The kernel refuses it: the store must fail with one line that says
+        // what to do, and nothing must be half-stored.
+        let out = env.helper(&["store"], TestEnv::store_json(host, username, secret));
+        assert_eq!(out.code(), Some(1), "{host}: expected a refusal\n{out}");
+        assert_eq!(out.out_lines().len(), 1, "{out}");
+        assert!(out.stdout().contains("REGENT_STORE=file"), "{out}");
+        env.get_missing(host);
+        return;
+    }
     env.store_ok(host, username, secret);
     let creds = env.get_ok(host);
     assert_eq!(creds.username, username, "username of {host}");
