@@ -364,8 +364,8 @@ fn list_returns_keys_as_stored() {
 
 // ---- C20, C21, C22: payloads ----
 
-/// The largest secret the kernel keyring keeps in one key.
-const KEYUTILS_MAX: usize = 32_767;
+/// The largest secret regent keeps in one kernel keyring key.
+const KEYUTILS_MAX: usize = 32_766;
 
 fn assert_round_trip(env: &TestEnv, host: &str, username: &str, secret: &str) {
     if env.store == StoreKind::Keyutils && secret.len() > KEYUTILS_MAX {

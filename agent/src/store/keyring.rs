@@ -227,8 +227,9 @@ impl Flavor {
         match self {
             Flavor::Os if cfg!(windows) => Some(WINDOWS_BLOB_LIMIT),
             Flavor::Os => None,
-            // A "user" key holds at most 32,767 bytes.
-            Flavor::Keyutils => Some(32_767),
+            // A "user" key holds at most 32,767 bytes, one of them the
+            // format byte (see KEYUTILS_FORMAT).
+            Flavor::Keyutils => Some(32_766),
         }
     }
 
@@ -252,6 +253,10 @@ impl Flavor {
         }
     }
 }
+
+/// The first byte of every value in the kernel keyring: the format
+/// version (and what makes an empty secret storable there).
+const KEYUTILS_FORMAT: u8 = 1;
 
 /// Entries of one keyring-core store under one service name: the code the
 /// keyring and keyutils backends share.
@@ -308,13 +313,17 @@ impl CoreEntries {
                 self.flavor.name()
             )));
         }
-        if secret.is_empty() && self.flavor == Flavor::Keyutils {
-            return Err(StoreError::Refused(format!(
-                "the secret for {key} is empty, and {} cannot keep an empty value",
-                self.flavor.name()
-            )));
-        }
         let entry = self.entry(key)?;
+        if self.flavor == Flavor::Keyutils {
+            // The kernel refuses an empty payload: every value starts with
+            // a format byte, so an empty secret is one byte long.
+            let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(secret.len() + 1));
+            bytes.push(KEYUTILS_FORMAT);
+            bytes.extend_from_slice(secret.expose().as_bytes());
+            return entry
+                .set_secret(&bytes)
+                .map_err(|e| self.error(e, "store", key));
+        }
         entry
             .set_secret(secret.expose().as_bytes())
             .map_err(|e| self.error(e, "store", key))
@@ -366,7 +375,18 @@ impl CoreEntries {
         deleted
     }
 
-    fn decode(&self, bytes: Vec<u8>, key: &str) -> Result<Secret, StoreError> {
+    fn decode(&self, mut bytes: Vec<u8>, key: &str) -> Result<Secret, StoreError> {
+        if self.flavor == Flavor::Keyutils {
+            if bytes.first() != Some(&KEYUTILS_FORMAT) {
+                bytes.zeroize();
+                return Err(StoreError::Corrupt(format!(
+                    "the entry for {key} in {} was not written by this version of regent; \
+                     remove it (`docker logout {key}`) and log in again",
+                    self.flavor.name()
+                )));
+            }
+            bytes.remove(0);
+        }
         String::from_utf8(bytes).map(Secret::new).map_err(|e| {
             e.into_bytes().zeroize();
             StoreError::Corrupt(format!(

@@ -146,6 +146,12 @@ mod tests {
             .unwrap();
         assert_eq!(backend.get(key).unwrap().unwrap().expose(), "second");
 
+        // The kernel refuses empty payloads; an empty secret still round-trips.
+        backend
+            .apply(&[Op::Set(key.into(), Secret::from(""))])
+            .unwrap();
+        assert_eq!(backend.get(key).unwrap().unwrap().expose(), "");
+
         backend.apply(&[Op::Delete(key.into())]).unwrap();
         assert!(backend.get(key).unwrap().is_none());
         backend.apply(&[Op::Delete(key.into())]).unwrap();
