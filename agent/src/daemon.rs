@@ -133,8 +133,7 @@ fn start(spawned: bool) -> anyhow::Result<ExitCode> {
     let index = Index::load(opened.index_path.clone())?;
     let credentials = Credentials::open(opened.backend, index)?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .thread_name("regent")
         .enable_all()
         .build()

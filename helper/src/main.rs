@@ -13,9 +13,7 @@ use std::collections::BTreeMap;
 use std::env;
 use std::io::{self, IsTerminal, Read, Write};
 use std::process::ExitCode;
-use std::sync::mpsc;
-use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use regent_shared::Secret;
 use regent_shared::client::{self, AgentExe, ClientError, Options};
@@ -292,34 +290,78 @@ fn read_server_url() -> Result<String, Failure> {
 
 /// Reads stdin to its end, refusing more than [`MAX_STDIN`] bytes and, unless
 /// a person is typing at a terminal, a stdin that stays open too long.
+///
+/// It waits with `poll(2)` on the descriptor rather than on a reader thread:
+/// this runs on every `docker pull`, and a thread costs more than the rest of
+/// the lookup.
 fn read_stdin() -> Result<zeroize::Zeroizing<Vec<u8>>, Failure> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+
     let interactive = io::stdin().is_terminal();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut buf = zeroize::Zeroizing::new(Vec::new());
-        let result = io::stdin()
-            .lock()
-            .take(MAX_STDIN as u64 + 1)
-            .read_to_end(&mut buf)
-            .map(|_| buf);
-        let _ = tx.send(result);
-    });
-    let received = if interactive {
-        rx.recv().map_err(|_| ())
-    } else {
-        rx.recv_timeout(STDIN_TIMEOUT).map_err(|_| ())
-    };
-    match received {
-        Err(()) => Err(Failure::line(format!(
+    let deadline = Instant::now() + STDIN_TIMEOUT;
+    let stdin = io::stdin();
+    let fd = stdin.as_raw_fd();
+    // Unbuffered reads of fd 0 (std's StdinLock would buffer behind poll's
+    // back). ManuallyDrop: the descriptor is not ours to close.
+    // SAFETY: fd 0 stays open for the life of the process.
+    let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(16 * 1024));
+    let mut chunk = zeroize::Zeroizing::new([0u8; 16 * 1024]);
+    let timed_out = || {
+        Failure::line(format!(
             "timed out after {}s waiting for stdin to close",
             STDIN_TIMEOUT.as_secs()
-        ))),
-        Ok(Err(e)) => Err(Failure::line(format!("cannot read stdin: {e}"))),
-        Ok(Ok(buf)) if buf.len() > MAX_STDIN => Err(Failure::line(format!(
-            "input too large: more than {} bytes on stdin",
-            MAX_STDIN
-        ))),
-        Ok(Ok(buf)) => Ok(buf),
+        ))
+    };
+    loop {
+        if !interactive {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timed_out());
+            }
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+            // SAFETY: one valid pollfd, count 1.
+            let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if ready == 0 {
+                return Err(timed_out());
+            }
+            if ready < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Failure::line(format!("cannot read stdin: {e}")));
+            }
+        }
+        match file.read(&mut chunk[..]) {
+            Ok(0) => return Ok(buf),
+            Ok(n) => {
+                if buf.len() + n > MAX_STDIN {
+                    return Err(Failure::line(format!(
+                        "input too large: more than {MAX_STDIN} bytes on stdin"
+                    )));
+                }
+                if buf.len() + n > buf.capacity() {
+                    // Grow by hand: a reallocation would leave a copy of the
+                    // secret behind in freed memory; the old buffer is wiped.
+                    let mut bigger = zeroize::Zeroizing::new(Vec::with_capacity(
+                        (buf.len() + n).max(buf.capacity() * 2),
+                    ));
+                    bigger.extend_from_slice(&buf);
+                    buf = bigger;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // No stdin at all (closed descriptor): nothing was sent.
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => return Ok(buf),
+            Err(e) => return Err(Failure::line(format!("cannot read stdin: {e}"))),
+        }
     }
 }
 
