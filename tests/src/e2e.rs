@@ -570,7 +570,10 @@ impl E2e {
     pub fn assert_password_not_in_client_files(&self, key: &str, password: &str) {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let encoded = b64(&format!("{USER}:{password}"));
-        for path in [self.docker_config.join("config.json"), self.auth_file.clone()] {
+        for path in [
+            self.docker_config.join("config.json"),
+            self.auth_file.clone(),
+        ] {
             let text = fs::read_to_string(&path).unwrap_or_default();
             assert!(
                 !text.contains(password) && !text.contains(&encoded),
@@ -692,7 +695,11 @@ pub fn free_port() -> u16 {
 }
 
 /// One HTTP/1.0 request to 127.0.0.1; the status code and the body.
-pub fn http_get(addr: &str, path: &str, basic: Option<(&str, &str)>) -> Result<(u16, String), String> {
+pub fn http_get(
+    addr: &str,
+    path: &str,
+    basic: Option<(&str, &str)>,
+) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect_timeout(
         &addr.parse().map_err(|e| format!("{addr}: {e}"))?,
         Duration::from_secs(2),
@@ -977,8 +984,7 @@ impl Dockerd {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        if s
-            .write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
             .is_err()
         {
             return false;
