@@ -9,8 +9,9 @@ use regent_shared::client::{self, AgentExe, ClientError, Options};
 use regent_shared::paths;
 use regent_shared::protocol::{EntryInfo, Request, Response, StatusInfo};
 
+use crate::config::Config;
 use crate::credentials::now_unix;
-use crate::{daemon, import, setup};
+use crate::{daemon, import, secrets, setup};
 
 /// Exit status of `regent status` when no agent is running (as `systemctl status`).
 const EXIT_NOT_RUNNING: u8 = 3;
@@ -53,6 +54,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-read the config file's token sources in the running agent.
+    ///
+    /// A file that does not parse is refused with its line and column, and the
+    /// config in force stays. Without a running agent, only checks the file.
+    Reload,
+    /// Named secrets that config entries refer to: `env = { X = { secret = "NAME" } }`.
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
     /// Point docker and podman/buildah/skopeo at regent (all found, or those named).
     Setup {
         /// The clients to set up; none: every client found on this machine.
@@ -84,6 +95,16 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Store a named secret; the value is read from stdin (never from the command line).
+    Set { name: String },
+    /// Remove a named secret (succeeds when it is not there).
+    Rm { name: String },
+    /// List the names of the named secrets (never their values).
+    Ls,
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -92,6 +113,8 @@ pub fn main() -> ExitCode {
         Command::Stop => stop(),
         Command::Status { json } => status(json),
         Command::Ls { json } => ls(json),
+        Command::Reload => reload(),
+        Command::Secret { command } => secret(command),
         Command::Setup {
             clients,
             helper_for,
@@ -258,25 +281,34 @@ fn print_entries(entries: &[EntryInfo]) {
         return;
     }
     let now = now_unix();
-    let rows: Vec<[String; 4]> = entries
+    let rows: Vec<[String; 5]> = entries
         .iter()
         .map(|e| {
             [
                 e.server_url.clone(),
-                e.username.clone(),
+                if e.username.is_empty() {
+                    "-".into()
+                } else {
+                    e.username.clone()
+                },
                 e.source.clone(),
                 format!("{} ago", human_duration((now - e.updated).max(0) as u64)),
+                match e.expires {
+                    None => "-".into(),
+                    Some(t) if t > now => format!("in {}", human_duration((t - now) as u64)),
+                    Some(t) => format!("expired {} ago", human_duration((now - t) as u64)),
+                },
             ]
         })
         .collect();
-    let header = ["REGISTRY", "USERNAME", "SOURCE", "UPDATED"];
+    let header = ["REGISTRY", "USERNAME", "SOURCE", "UPDATED", "EXPIRES"];
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: [&str; 4]| {
+    let line = |cells: [&str; 5]| {
         let mut out = String::new();
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
             if i + 1 == cells.len() {
@@ -288,8 +320,138 @@ fn print_entries(entries: &[EntryInfo]) {
         println!("{}", out.trim_end());
     };
     line(header);
-    for row in &rows {
-        line([&row[0], &row[1], &row[2], &row[3]]);
+    for (row, e) in rows.iter().zip(entries) {
+        line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+        if let Some(err) = &e.last_error {
+            println!("    last error: {err}");
+        }
+    }
+}
+
+fn reload() -> anyhow::Result<ExitCode> {
+    let socket = paths::socket_path();
+    let mut conn = match client::connect(&socket, Duration::from_secs(2)) {
+        Ok(conn) => conn,
+        Err(ClientError::NotRunning(_)) => {
+            // Nothing to reload; still say whether the next start will work.
+            let path = paths::config_file();
+            let config = Config::load(&path)?;
+            let rules = config.map_or(0, |c| c.rules.len());
+            println!(
+                "regent agent is not running; {} is valid ({rules} registry entries) \
+                 and will be read when it starts",
+                path.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match conn.call(&Request::Reload, Duration::from_secs(10))? {
+        Response::Reloaded { config, rules } => {
+            println!("reloaded {config}: {rules} registry entries in force");
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message, .. } => bail!("{message}"),
+        other => bail!("unexpected answer from the agent: {}", other.kind()),
+    }
+}
+
+fn secret(command: SecretCommand) -> anyhow::Result<ExitCode> {
+    let req = match command {
+        SecretCommand::Set { name } => {
+            secrets::check_name(&name).map_err(anyhow::Error::msg)?;
+            let value = read_secret(&name)?;
+            if value.is_empty() {
+                bail!(
+                    "no secret on stdin; nothing was stored (e.g. `printf %s \"$TOKEN\" | regent secret set {name}`)"
+                );
+            }
+            Request::SecretSet {
+                name,
+                secret: regent_shared::Secret::new(value.to_string()),
+            }
+        }
+        SecretCommand::Rm { name } => Request::SecretRm { name },
+        SecretCommand::Ls => Request::SecretLs,
+    };
+    match client::call(&starting_options(), &req)? {
+        Response::Done => Ok(ExitCode::SUCCESS),
+        Response::Secrets { names } => {
+            for name in names {
+                println!("{name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message, .. } => bail!("{message}"),
+        other => bail!("unexpected answer from the agent: {}", other.kind()),
+    }
+}
+
+/// The secret from stdin, bounded; one trailing newline is dropped. On a
+/// terminal, asks for it with echo off.
+fn read_secret(name: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    use std::io::{IsTerminal, Read};
+    let stdin = std::io::stdin();
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(secrets::MAX_VALUE + 1));
+    if stdin.is_terminal() {
+        eprint!("secret {name} (input hidden): ");
+        let _echo = EchoOff::new();
+        let mut line = zeroize::Zeroizing::new(String::with_capacity(1024));
+        stdin.read_line(&mut line).context("reading the secret")?;
+        eprintln!();
+        buf.extend_from_slice(line.as_bytes());
+    } else {
+        stdin
+            .lock()
+            .take(secrets::MAX_VALUE as u64 + 1)
+            .read_to_end(&mut buf)
+            .context("reading the secret from stdin")?;
+    }
+    if buf.len() > secrets::MAX_VALUE {
+        bail!(
+            "the secret on stdin is larger than {} bytes",
+            secrets::MAX_VALUE
+        );
+    }
+    if buf.ends_with(b"\n") {
+        buf.pop();
+        if buf.ends_with(b"\r") {
+            buf.pop();
+        }
+    }
+    let text = std::str::from_utf8(&buf).context("the secret is not UTF-8")?;
+    Ok(zeroize::Zeroizing::new(text.to_owned()))
+}
+
+/// Terminal echo off for as long as it lives.
+struct EchoOff(Option<libc::termios>);
+
+impl EchoOff {
+    fn new() -> EchoOff {
+        // SAFETY: termios calls on stdin with a zeroed, then filled, struct.
+        unsafe {
+            let mut term: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut term) != 0 {
+                return EchoOff(None);
+            }
+            let old = term;
+            term.c_lflag &= !libc::ECHO;
+            if libc::tcsetattr(0, libc::TCSANOW, &term) != 0 {
+                return EchoOff(None);
+            }
+            EchoOff(Some(old))
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            // SAFETY: restores the settings read in `new`.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, old);
+            }
+        }
     }
 }
 

@@ -5,15 +5,39 @@
 //! store = "auto"
 //! # How much the agent logs: error, warn, info, debug or trace.
 //! log = "info"
+//!
+//! # Token sources: the first entry whose `match` fits a registry wins.
+//! # `match` is an exact `host[:port]` (any spelling a client would send), or
+//! # `*.domain`, which matches every host under `domain` on any port, but not
+//! # `domain` itself, nor `domain.evil.org`, nor `evildomain`.
+//! [[registry]]
+//! match = "*.corp.example"
+//! source = "exec"                      # see `sources::exec` for the protocol
+//! command = ["/usr/local/bin/corp-token", "--for-docker"]
+//! timeout_secs = 10                    # default 30
+//! # A named secret, set with `regent secret set corp-token` (value on stdin):
+//! env = { TOKEN = { secret = "corp-token" } }
 //! ```
+//!
+//! Resolution of a registry on `get`: a configured source, else a stored
+//! login, else a source detected from the hostname, else not found.
 //!
 //! Environment variables win over the file: `REGENT_STORE`, `REGENT_LOG`,
 //! `REGENT_KEYRING_SERVICE`. Unknown keys are an error, so a typo is caught
-//! rather than silently ignored.
+//! rather than silently ignored; every error names the line and column.
+//! `regent reload` or SIGHUP re-reads the `[[registry]]` entries (the store
+//! and the log level take effect at the next start); a file that does not
+//! parse is refused and the config in force stays. The agent refuses to
+//! start with such a file.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use regent_shared::registry;
 use serde::Deserialize;
+
+use crate::sources::{self, Source};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +45,130 @@ pub struct Config {
     pub store: Option<String>,
     pub log: Option<String>,
     pub keyring_service: Option<String>,
+    #[serde(default)]
+    registry: Vec<toml::Spanned<toml::Table>>,
+    /// The `[[registry]]` entries, checked.
+    #[serde(skip)]
+    pub rules: Rules,
+}
+
+/// Which registries a rule applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    /// One canonical registry key.
+    Exact(String),
+    /// `*.domain`: hosts under `domain` (any port); holds `domain`.
+    Subdomains(String),
+}
+
+impl Pattern {
+    pub fn parse(text: &str) -> Result<Pattern, String> {
+        let text = text.trim();
+        if let Some(domain) = text.strip_prefix("*.") {
+            let canonical = registry::canonical(domain).map_err(|e| format!("{text:?}: {e}"))?;
+            if domain.contains('*')
+                || canonical != domain.to_ascii_lowercase()
+                || canonical.contains([':', '/'])
+            {
+                return Err(format!(
+                    "{text:?}: a wildcard pattern is `*.` and a domain name, with no scheme, port or path"
+                ));
+            }
+            return Ok(Pattern::Subdomains(canonical));
+        }
+        if text.contains('*') {
+            return Err(format!(
+                "{text:?}: `*` is allowed only as a leading `*.` (as in \"*.corp.example\")"
+            ));
+        }
+        registry::canonical(text)
+            .map(Pattern::Exact)
+            .map_err(|e| format!("{text:?}: {e}"))
+    }
+
+    /// True when the pattern covers the canonical key `key`.
+    pub fn matches(&self, key: &str) -> bool {
+        match self {
+            Pattern::Exact(k) => k == key,
+            Pattern::Subdomains(domain) => {
+                let host = registry::hostname(key);
+                host.len() > domain.len() + 1
+                    && host.ends_with(domain.as_str())
+                    && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+            }
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Exact(k) => f.write_str(k),
+            Pattern::Subdomains(d) => write!(f, "*.{d}"),
+        }
+    }
+}
+
+/// One `[[registry]]` entry.
+pub struct Rule {
+    pub pattern: Pattern,
+    pub source: Arc<dyn Source>,
+    /// Where the entry starts in the file.
+    pub line: usize,
+}
+
+/// The `[[registry]]` entries in file order.
+#[derive(Default)]
+pub struct Rules(Vec<Rule>);
+
+impl Rules {
+    /// The source of the first rule that matches the canonical key.
+    pub fn resolve(&self, key: &str) -> Option<Arc<dyn Source>> {
+        self.0
+            .iter()
+            .find(|r| r.pattern.matches(key))
+            .map(|r| r.source.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Rules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|r| format!("line {}: {} -> {}", r.line, r.pattern, r.source.name())),
+            )
+            .finish()
+    }
+}
+
+fn take_string(table: &mut toml::Table, name: &str) -> Result<String, String> {
+    match table.remove(name) {
+        Some(toml::Value::String(s)) => Ok(s),
+        Some(_) => Err(format!("`{name}` must be a string")),
+        None => Err(format!("`{name}` is missing")),
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,14 +190,54 @@ pub struct Settings {
     pub store: String,
     pub log: String,
     pub keyring_service: String,
+    pub rules: Rules,
 }
 
 impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', " "),
-        })
+        let invalid = |offset: Option<usize>, message: &str| {
+            let message = message.trim().replace('\n', " ");
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: match offset {
+                    Some(offset) => {
+                        let (line, column) = line_col(text, offset);
+                        format!("line {line}, column {column}: {message}")
+                    }
+                    None => message,
+                },
+            }
+        };
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| invalid(e.span().map(|s| s.start), e.message()))?;
+        let mut rules = Vec::new();
+        for entry in std::mem::take(&mut config.registry) {
+            let start = entry.span().start;
+            let mut table = entry.into_inner();
+            let rule = take_string(&mut table, "match")
+                .and_then(|m| Pattern::parse(&m).map_err(|e| format!("`match` {e}")))
+                .and_then(|pattern| {
+                    let name = take_string(&mut table, "source")?;
+                    let source = sources::from_config(&name, table)
+                        .map_err(|e| format!("source {name:?}: {e}"))?;
+                    Ok((pattern, source))
+                });
+            match rule {
+                Ok((pattern, source)) => rules.push(Rule {
+                    pattern,
+                    source,
+                    line: line_col(text, start).0,
+                }),
+                Err(e) => {
+                    return Err(invalid(
+                        Some(start),
+                        &format!("in this [[registry]] entry: {e}"),
+                    ));
+                }
+            }
+        }
+        config.rules = Rules(rules);
+        Ok(config)
     }
 
     /// Reads the file; a missing file is an empty config.
@@ -70,7 +258,8 @@ impl Settings {
         let path = regent_shared::paths::config_file();
         let file = Config::load(&path)?;
         let file_present = file.is_some();
-        let file = file.unwrap_or_default();
+        let mut file = file.unwrap_or_default();
+        let rules = std::mem::take(&mut file.rules);
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         Ok(Settings {
             store: env("REGENT_STORE")
@@ -82,6 +271,7 @@ impl Settings {
             keyring_service: env("REGENT_KEYRING_SERVICE")
                 .or(file.keyring_service)
                 .unwrap_or_else(|| "regent".into()),
+            rules,
             path,
             file_present,
         })
@@ -97,6 +287,106 @@ mod tests {
         let c = Config::parse("store = \"file\"\nlog = \"debug\"\n", Path::new("c.toml")).unwrap();
         assert_eq!(c.store.as_deref(), Some("file"));
         assert_eq!(c.log.as_deref(), Some("debug"));
+    }
+
+    fn rules(text: &str) -> Rules {
+        Config::parse(text, Path::new("c.toml")).unwrap().rules
+    }
+
+    fn error(text: &str) -> String {
+        Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    const EXEC: &str = "source = \"exec\"\ncommand = [\"/bin/true\"]\n";
+
+    #[test]
+    fn wildcards_are_anchored_at_a_label() {
+        let p = Pattern::parse("*.Corp.Example").unwrap();
+        for yes in ["a.corp.example", "a.b.corp.example", "a.corp.example:5000"] {
+            assert!(p.matches(yes), "{yes}");
+        }
+        for no in [
+            "corp.example",
+            "corp.example.evil.org",
+            "evilcorp.example",
+            "a.corp.example.evil.org",
+            "acorp.example",
+            "docker.io",
+        ] {
+            assert!(!p.matches(no), "{no}");
+        }
+        let exact = Pattern::parse("https://Reg.Example:5000/v2/").unwrap();
+        assert_eq!(exact, Pattern::Exact("reg.example:5000".into()));
+        assert!(exact.matches("reg.example:5000"));
+        assert!(!exact.matches("reg.example"));
+        assert!(!exact.matches("a.reg.example:5000"));
+        let hub = Pattern::parse("index.docker.io").unwrap();
+        assert!(hub.matches("docker.io"));
+        for bad in [
+            "*",
+            "*.",
+            "a.*.example",
+            "*example.com",
+            "*.x.example:5000",
+            "*.x/y",
+            "ftp://x",
+        ] {
+            assert!(Pattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_first_matching_rule_wins() {
+        let r = rules(&format!(
+            "[[registry]]\nmatch = \"a.corp.example\"\n{EXEC}\n\
+             [[registry]]\nmatch = \"*.corp.example\"\n{EXEC}timeout_secs = 5\n"
+        ));
+        assert_eq!(r.len(), 2);
+        let a = r.resolve("a.corp.example").unwrap();
+        let b = r.resolve("b.corp.example").unwrap();
+        let req = |key: &str| crate::sources::SourceRequest {
+            key: key.into(),
+            server_url: key.into(),
+            env: Default::default(),
+        };
+        // Different settings, different cache keys.
+        assert_ne!(a.cache_key(&req("x")), b.cache_key(&req("x")));
+        assert!(r.resolve("corp.example").is_none());
+        assert!(r.resolve("corp.example.evil.org").is_none());
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let e = error(
+            "log = \"info\"\n\n[[registry]]\nmatch = \"x.example\"\nsource = \"exec\"\ncommand = [\"a\"\n",
+        );
+        assert!(e.contains("c.toml") && e.contains("line 6, column"), "{e}");
+        let e = error(&format!(
+            "log = \"info\"\n[[registry]]\nmatch = \"*.x.example\"\n{EXEC}comand = 1\n"
+        ));
+        assert!(
+            e.contains("line 2, column 1") && e.contains("comand"),
+            "{e}"
+        );
+        let e = error("[[registry]]\nmatch = \"x.example\"\nsource = \"nope\"\n");
+        assert!(
+            e.contains("line 1, column 1") && e.contains("unknown source \"nope\""),
+            "{e}"
+        );
+        let e = error(&format!("[[registry]]\nmatch = \"*x.example\"\n{EXEC}"));
+        assert!(e.contains("`match`"), "{e}");
+        let e = error("[[registry]]\nsource = \"exec\"\n");
+        assert!(e.contains("`match` is missing"), "{e}");
+        let e = error("store = \"file\"\n  stor = 1\n");
+        assert!(e.contains("line 2, column 3"), "{e}");
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("ab\ncü d", 7), (2, 4));
+        assert_eq!(line_col("", 5), (1, 1));
     }
 
     #[test]

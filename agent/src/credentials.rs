@@ -22,6 +22,7 @@ use regent_shared::Secret;
 use regent_shared::protocol::EntryInfo;
 use tokio::sync::oneshot;
 
+use crate::secrets;
 use crate::store::index::{Index, IndexEntry};
 use crate::store::{Backend, Op, StoreError, StoreKind};
 
@@ -131,8 +132,27 @@ impl Credentials {
         self.backend.location()
     }
 
+    /// The number of registry credentials (named secrets not counted).
     pub fn len(&self) -> usize {
-        self.table.read().expect("table lock").len()
+        self.table
+            .read()
+            .expect("table lock")
+            .keys()
+            .filter(|k| !secrets::is_secret_key(k))
+            .count()
+    }
+
+    /// The names of the named secrets (`regent secret ls`).
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .table
+            .read()
+            .expect("table lock")
+            .keys()
+            .filter_map(|k| k.strip_prefix(secrets::PREFIX).map(str::to_owned))
+            .collect();
+        names.sort();
+        names
     }
 
     pub fn is_empty(&self) -> bool {
@@ -237,8 +257,9 @@ impl Credentials {
         self.table
             .read()
             .expect("table lock")
-            .values()
-            .map(|e| (e.meta.server_url.clone(), e.meta.username.clone()))
+            .iter()
+            .filter(|(k, _)| !secrets::is_secret_key(k))
+            .map(|(_, e)| (e.meta.server_url.clone(), e.meta.username.clone()))
             .collect()
     }
 
@@ -246,6 +267,7 @@ impl Credentials {
         let table = self.table.read().expect("table lock");
         let mut rows: Vec<EntryInfo> = table
             .iter()
+            .filter(|(key, _)| !secrets::is_secret_key(key))
             .map(|(key, e)| EntryInfo {
                 server_url: e.meta.server_url.clone(),
                 key: key.clone(),

@@ -13,7 +13,8 @@
 //!    connections.
 //! 7. Say "ready": `READY=1` to systemd, and the ready line on stdout to the
 //!    client that spawned us, whose pipe is then let go.
-//! 8. Serve until `Quit`, SIGTERM or SIGINT; then remove the socket.
+//! 8. Serve until `Quit`, SIGTERM or SIGINT; then remove the socket. SIGHUP
+//!    re-reads the config's token sources (as `regent reload` does).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IsTerminal, Read, Seek, Write};
@@ -21,7 +22,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
@@ -31,7 +32,10 @@ use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::credentials::{Credentials, now_unix};
+use crate::refresh::{Engine, Policy, SystemClock};
+use crate::secrets::StoreSecrets;
 use crate::server::{self, AgentState};
+use crate::sources;
 use crate::store::index::Index;
 use crate::store::select::{self, Choice, StoreContext};
 
@@ -131,7 +135,8 @@ fn start(spawned: bool) -> anyhow::Result<ExitCode> {
     let opened = select::open(choice, &ctx)?;
     tracing::info!(store = %opened.backend.kind(), reason = %opened.reason, "store opened");
     let index = Index::load(opened.index_path.clone())?;
-    let credentials = Credentials::open(opened.backend, index)?;
+    let credentials = Arc::new(Credentials::open(opened.backend, index)?);
+    tracing::info!(config = %settings.path.display(), rules = settings.rules.len(), "token sources configured");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .thread_name("regent")
@@ -146,8 +151,18 @@ fn start(spawned: bool) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let (listener, activated) = listen(&socket)?;
         let (shutdown, _) = watch::channel(false);
+        let engine = Engine::new(
+            Arc::new(SystemClock),
+            Policy::default(),
+            sources::Context {
+                secrets: Arc::new(StoreSecrets(credentials.clone())),
+            },
+        );
         let state = Arc::new(AgentState {
             credentials,
+            engine,
+            rules: RwLock::new(Arc::new(settings.rules)),
+            config_path: settings.path.clone(),
             socket: socket.display().to_string(),
             store_reason: opened.reason,
             config: Some(config),
@@ -157,7 +172,7 @@ fn start(spawned: bool) -> anyhow::Result<ExitCode> {
             uid: paths::current_uid(),
             shutdown,
         });
-        watch_signals(state.shutdown.clone())?;
+        watch_signals(state.clone())?;
         announce_ready(spawned);
         tracing::info!(socket = %socket.display(), activated, "listening");
         server::serve(listener, state).await;
@@ -260,7 +275,7 @@ fn listen(socket: &Path) -> anyhow::Result<(tokio::net::UnixListener, bool)> {
     Ok((tokio::net::UnixListener::from_std(listener)?, false))
 }
 
-fn watch_signals(shutdown: watch::Sender<bool>) -> anyhow::Result<()> {
+fn watch_signals(state: Arc<AgentState>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -270,10 +285,14 @@ fn watch_signals(shutdown: watch::Sender<bool>) -> anyhow::Result<()> {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT"); break; }
-                _ = hup.recv() => tracing::info!("SIGHUP: nothing to reload"),
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    // A refused reload is logged by `reload` itself.
+                    let _ = state.reload();
+                }
             }
         }
-        let _ = shutdown.send(true);
+        let _ = state.shutdown.send(true);
     });
     Ok(())
 }

@@ -9,13 +9,15 @@
 //! connections are served at once; the rest are closed on accept, so idle or
 //! hostile peers cannot starve the rest.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use regent_shared::messages::{NO_SERVER_URL, NO_USERNAME};
 use regent_shared::protocol::{
-    self, ErrorKind, FrameError, MIN_SUPPORTED_PROTOCOL, PROTOCOL_VERSION, Request, Response,
-    StatusInfo,
+    self, ErrorKind, FORWARDED_ENV, FrameError, MIN_SUPPORTED_PROTOCOL, PROTOCOL_VERSION, Request,
+    Response, StatusInfo,
 };
 use regent_shared::registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,7 +25,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};
 use zeroize::Zeroizing;
 
+use crate::config::{Config, Rules};
 use crate::credentials::Credentials;
+use crate::refresh::Engine;
+use crate::secrets;
+use crate::sources::{self, Source, SourceRequest};
 
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,7 +38,13 @@ pub const MAX_CONNECTIONS: usize = 1024;
 
 /// What the agent knows about itself, for `Hello` and `Status`.
 pub struct AgentState {
-    pub credentials: Credentials,
+    pub credentials: Arc<Credentials>,
+    /// Tokens from sources, cached and refreshed.
+    pub engine: Arc<Engine>,
+    /// The `[[registry]]` entries in force; replaced whole by a reload.
+    pub rules: RwLock<Arc<Rules>>,
+    /// The config file that `reload` re-reads.
+    pub config_path: PathBuf,
     pub socket: String,
     pub store_reason: String,
     pub config: Option<String>,
@@ -45,6 +57,29 @@ pub struct AgentState {
 }
 
 impl AgentState {
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules.read().expect("rules lock").clone()
+    }
+
+    /// Re-reads the config file's `[[registry]]` entries (`regent reload`,
+    /// SIGHUP). A file that does not parse changes nothing. Cached tokens of
+    /// entries that did not change are kept.
+    pub fn reload(&self) -> Result<(String, usize), String> {
+        let path = self.config_path.display().to_string();
+        let rules = match Config::load(&self.config_path) {
+            Ok(config) => Arc::new(config.map(|c| c.rules).unwrap_or_default()),
+            Err(e) => {
+                tracing::warn!(error = %e, "config reload refused; the config in force stays");
+                return Err(format!("{e}; the config in force is unchanged"));
+            }
+        };
+        let count = rules.len();
+        *self.rules.write().expect("rules lock") = rules.clone();
+        self.engine.reconcile(|key| rules.resolve(key));
+        tracing::info!(config = %path, rules = count, "config reloaded");
+        Ok((path, count))
+    }
+
     fn status(&self) -> StatusInfo {
         StatusInfo {
             pid: std::process::id(),
@@ -189,7 +224,7 @@ async fn dispatch(req: Request, session: &mut Session, state: &AgentState) -> Re
     let started = Instant::now();
     let response = match req {
         Request::Hello { .. } => unreachable!("handled above"),
-        Request::Get { server_url, .. } => get(state, &server_url).await,
+        Request::Get { server_url, env } => get(state, &server_url, env).await,
         Request::Store {
             server_url,
             username,
@@ -240,11 +275,35 @@ async fn dispatch(req: Request, session: &mut Session, state: &AgentState) -> Re
         Request::List => Response::List {
             entries: state.credentials.list(),
         },
-        Request::Entries => Response::Entries {
-            entries: state.credentials.entries(),
-        },
+        Request::Entries => {
+            let mut entries = state.credentials.entries();
+            entries.extend(state.engine.entries());
+            entries.sort_by(|a, b| a.key.cmp(&b.key).then(a.source.cmp(&b.source)));
+            Response::Entries { entries }
+        }
         Request::Status => Response::Status(Box::new(state.status())),
         Request::Quit => Response::Done,
+        Request::Reload => match state.reload() {
+            Ok((config, rules)) => Response::Reloaded { config, rules },
+            Err(message) => Response::error(ErrorKind::BadRequest, message),
+        },
+        Request::SecretSet { name, secret } => secret_set(state, name, secret).await,
+        Request::SecretRm { name } => match secrets::check_name(&name) {
+            Err(e) => Response::error(ErrorKind::BadRequest, e),
+            Ok(()) => match state.credentials.erase(secrets::store_key(&name)).await {
+                Ok(()) => {
+                    tracing::info!(name, "named secret removed");
+                    Response::Done
+                }
+                Err(e) => Response::error(
+                    ErrorKind::Store,
+                    format!("cannot remove the secret {name:?}: {e}"),
+                ),
+            },
+        },
+        Request::SecretLs => Response::Secrets {
+            names: state.credentials.secret_names(),
+        },
     };
     tracing::debug!(
         request = kind,
@@ -255,20 +314,90 @@ async fn dispatch(req: Request, session: &mut Session, state: &AgentState) -> Re
     response
 }
 
-async fn get(state: &AgentState, server_url: &str) -> Response {
+/// Resolution order: a configured source, a stored login, a source
+/// detected from the hostname, not found.
+async fn get(state: &AgentState, server_url: &str, mut env: BTreeMap<String, String>) -> Response {
     let Ok(key) = registry::canonical(server_url) else {
         return Response::NotFound;
     };
+    let server_url = server_url.trim().to_owned();
+    env.retain(|name, _| FORWARDED_ENV.contains(&name.as_str()));
+    if let Some(source) = state.rules().resolve(&key) {
+        return from_source(state, source, key, server_url, env).await;
+    }
     match state.credentials.get(&key).await {
         Ok(Some(cred)) => Response::Credentials {
-            server_url: server_url.trim().to_owned(),
+            server_url,
             username: cred.username,
             secret: cred.secret,
         },
-        Ok(None) => Response::NotFound,
+        Ok(None) => match sources::detect(&key) {
+            Some(source) => from_source(state, source, key, server_url, env).await,
+            None => Response::NotFound,
+        },
         Err(e) => Response::error(
             ErrorKind::Store,
             format!("cannot read the credentials for {key}: {e}"),
+        ),
+    }
+}
+
+async fn from_source(
+    state: &AgentState,
+    source: Arc<dyn Source>,
+    key: String,
+    server_url: String,
+    env: BTreeMap<String, String>,
+) -> Response {
+    let req = SourceRequest {
+        key,
+        server_url: server_url.clone(),
+        env,
+    };
+    match state.engine.get(source, req).await {
+        Ok(token) => Response::Credentials {
+            server_url,
+            username: token.username,
+            secret: token.secret,
+        },
+        Err(message) => Response::error(ErrorKind::Source, message),
+    }
+}
+
+async fn secret_set(state: &AgentState, name: String, secret: regent_shared::Secret) -> Response {
+    if let Err(e) = secrets::check_name(&name) {
+        return Response::error(ErrorKind::BadRequest, e);
+    }
+    if secret.is_empty() {
+        return Response::error(
+            ErrorKind::BadRequest,
+            format!("the secret {name:?} is empty; nothing was stored"),
+        );
+    }
+    if secret.len() > secrets::MAX_VALUE {
+        return Response::error(
+            ErrorKind::BadRequest,
+            format!(
+                "the secret {name:?} is {} bytes, more than the {}-byte limit",
+                secret.len(),
+                secrets::MAX_VALUE
+            ),
+        );
+    }
+    let key = secrets::store_key(&name);
+    let size = secret.len();
+    match state
+        .credentials
+        .store(key.clone(), key, "secret".into(), secret)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(name, secret_bytes = size, "named secret stored");
+            Response::Done
+        }
+        Err(e) => Response::error(
+            ErrorKind::Store,
+            format!("cannot store the secret {name:?}: {e}"),
         ),
     }
 }

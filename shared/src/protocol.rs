@@ -93,6 +93,21 @@ pub enum Request {
     Status,
     /// Ask the agent to exit. Its shape never changes.
     Quit,
+    /// Re-read the config file's token sources. A file that does not parse
+    /// is refused and the config in force stays.
+    Reload,
+    /// Set a named secret that config entries refer to (`regent secret set`).
+    SecretSet {
+        name: String,
+        #[serde(with = "crate::secret::wire")]
+        secret: Secret,
+    },
+    /// Remove a named secret; removing one that is not there succeeds.
+    SecretRm {
+        name: String,
+    },
+    /// The names of the named secrets (never their values).
+    SecretLs,
 }
 
 impl Request {
@@ -107,6 +122,10 @@ impl Request {
             Request::Entries => "entries",
             Request::Status => "status",
             Request::Quit => "quit",
+            Request::Reload => "reload",
+            Request::SecretSet { .. } => "secret-set",
+            Request::SecretRm { .. } => "secret-rm",
+            Request::SecretLs => "secret-ls",
         }
     }
 }
@@ -136,6 +155,15 @@ pub enum Response {
         entries: Vec<EntryInfo>,
     },
     Status(Box<StatusInfo>),
+    /// The config was re-read: the file and how many `[[registry]]` entries
+    /// are now in force.
+    Reloaded {
+        config: String,
+        rules: usize,
+    },
+    Secrets {
+        names: Vec<String>,
+    },
     Error {
         kind: ErrorKind,
         message: String,
@@ -159,6 +187,8 @@ impl Response {
             Response::List { .. } => "list",
             Response::Entries { .. } => "entries",
             Response::Status(_) => "status",
+            Response::Reloaded { .. } => "reloaded",
+            Response::Secrets { .. } => "secrets",
             Response::Error { .. } => "error",
         }
     }
@@ -186,15 +216,19 @@ pub struct EntryInfo {
     /// The canonical registry key.
     pub key: String,
     pub username: String,
-    /// Where the credential comes from: `static` for stored logins.
+    /// Where the credential comes from: `static` for stored logins, else the
+    /// name of the token source (`exec`, ...).
     pub source: String,
     /// Unix seconds.
     pub created: i64,
     pub updated: i64,
+    /// When the token expires (Unix seconds); tokens from sources only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<i64>,
+    /// When the source last produced a token (Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_refresh: Option<i64>,
+    /// Why the last fetch failed, if it did; cleared by a success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }

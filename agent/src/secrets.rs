@@ -1,0 +1,103 @@
+//! Named secrets: inputs that config entries refer to by name
+//! (`env = { TOKEN = { secret = "corp-token" } }`) instead of embedding them.
+//!
+//! They are set with `regent secret set NAME` (the value comes from stdin,
+//! never argv), removed with `regent secret rm NAME` and listed by name with
+//! `regent secret ls`. They live in the credential store under the key
+//! `secret:NAME`, which can never be a registry key: `registry::canonical`
+//! refuses it (`secret` would be a host and `NAME` a port that is not a
+//! number). So the helper's `get`, `store`, `erase` and `list` never see
+//! them, and `regent ls` leaves them out.
+
+use regent_shared::Secret;
+
+use crate::credentials::Credentials;
+use crate::sources::{BoxFuture, SecretLookup};
+
+/// The store-key prefix of named secrets.
+pub const PREFIX: &str = "secret:";
+
+/// The longest name accepted.
+const MAX_NAME: usize = 128;
+
+/// The largest value accepted (the wire frame is 1 MiB).
+pub const MAX_VALUE: usize = 64 << 10;
+
+/// A name is 1-128 of `A-Z a-z 0-9 . _ -`, starting with a letter: `secret:443`
+/// would be a registry key (host `secret`, port 443).
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name.as_bytes()[0].is_ascii_alphabetic()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid secret name: use 1 to {MAX_NAME} letters, digits, \
+             '.', '_' or '-', starting with a letter"
+        ))
+    }
+}
+
+/// The store key of a named secret.
+pub fn store_key(name: &str) -> String {
+    format!("{PREFIX}{name}")
+}
+
+/// True for store keys that hold a named secret rather than a registry login.
+pub fn is_secret_key(key: &str) -> bool {
+    key.starts_with(PREFIX)
+}
+
+/// Reads named secrets from the credential store.
+pub struct StoreSecrets(pub std::sync::Arc<Credentials>);
+
+impl SecretLookup for StoreSecrets {
+    fn secret(&self, name: &str) -> BoxFuture<'_, Result<Option<Secret>, String>> {
+        let key = store_key(name);
+        Box::pin(async move {
+            self.0
+                .get(&key)
+                .await
+                .map(|c| c.map(|c| c.secret))
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_keys_are_never_registry_keys() {
+        for name in ["corp-token", "a", "x.y_z-1", "a443", "Z9"] {
+            check_name(name).unwrap();
+            let key = store_key(name);
+            assert!(
+                regent_shared::registry::canonical(&key).is_err(),
+                "{key} parses as a registry key"
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for bad in [
+            "",
+            "-x",
+            "443",
+            "8080",
+            "a b",
+            "a/b",
+            "a:b",
+            "ü",
+            &"x".repeat(129),
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Where a credential comes from when it is not a stored login: token sources.
+//!
+//! A [`Source`] turns a registry key and the context of the request into a
+//! [`Token`] (username, secret, optional expiry), or a [`SourceError`] that
+//! says whether trying again later can help. Sources never cache: the refresh
+//! engine ([`crate::refresh`]) caches one token per [`Source::cache_key`],
+//! refreshes it ahead of expiry, and makes concurrent requests share one
+//! fetch.
+//!
+//! Adding a source is one file here plus one line in [`from_config`]: parse
+//! the `[[registry]]` settings into a struct with `deny_unknown_fields`, and
+//! implement the trait. Hostname auto-detection (a registry with no configured
+//! source and no stored login) goes through [`detect`].
+//!
+//! Errors name the source and the registry and say what to do next. They
+//! never carry a secret, and never anything a command printed on stdout.
+
+pub mod exec;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use regent_shared::Secret;
+
+/// A boxed future, so that [`Source`] stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a source is asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceRequest {
+    /// The canonical registry key (`registry::canonical`).
+    pub key: String,
+    /// The server URL exactly as the client sent it.
+    pub server_url: String,
+    /// The caller's environment subset forwarded by the helper
+    /// (`protocol::FORWARDED_ENV`).
+    pub env: BTreeMap<String, String>,
+}
+
+/// A credential a source produced.
+pub struct Token {
+    pub username: String,
+    pub secret: Secret,
+    /// When the registry stops accepting it (wall clock); `None`: it does
+    /// not expire on its own.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// Whether an error can go away by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Access denied, bad credentials, bad configuration, output that does
+    /// not parse: retrying gives the same answer. Never retried automatically.
+    Permanent,
+    /// Network trouble, 5xx, throttling, a timeout: retried with backoff.
+    Transient,
+}
+
+#[derive(Clone, Debug)]
+pub struct SourceError {
+    pub class: ErrorClass,
+    /// One line for the user. Never a secret, never a command's stdout.
+    pub message: String,
+    /// The source was told when to come back (`Retry-After` and the like).
+    pub retry_after: Option<Duration>,
+}
+
+impl SourceError {
+    pub fn permanent(message: impl Into<String>) -> Self {
+        SourceError {
+            class: ErrorClass::Permanent,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn transient(message: impl Into<String>) -> Self {
+        SourceError {
+            class: ErrorClass::Transient,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.class == ErrorClass::Permanent
+    }
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+/// Named secrets from regent's store (`regent secret set NAME`), for sources
+/// whose settings refer to one by name instead of embedding it.
+pub trait SecretLookup: Send + Sync {
+    fn secret(&self, name: &str) -> BoxFuture<'_, Result<Option<Secret>, String>>;
+}
+
+/// No named secrets at all: for tests and for sources that need none.
+pub struct NoSecrets;
+
+impl SecretLookup for NoSecrets {
+    fn secret(&self, _name: &str) -> BoxFuture<'_, Result<Option<Secret>, String>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// What every fetch may use besides its request.
+#[derive(Clone)]
+pub struct Context {
+    pub secrets: Arc<dyn SecretLookup>,
+}
+
+impl Context {
+    pub fn without_secrets() -> Context {
+        Context {
+            secrets: Arc::new(NoSecrets),
+        }
+    }
+}
+
+/// A way to obtain a registry credential.
+pub trait Source: Send + Sync + 'static {
+    /// `exec`, `ecr`, ...: shown by `regent ls`.
+    fn name(&self) -> &'static str;
+
+    /// What the token depends on: requests with equal cache keys share one
+    /// token and one refresh. It must include everything that changes the
+    /// answer (settings, the parts of the request the source uses) and
+    /// nothing else: ECR keys on AWS identity and region, not registry id.
+    /// The engine prefixes it with [`Source::name`].
+    fn cache_key(&self, req: &SourceRequest) -> String;
+
+    /// Fetches a fresh token. Must be bounded in time by the source itself.
+    fn fetch<'a>(
+        &'a self,
+        req: &'a SourceRequest,
+        ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Token, SourceError>>;
+}
+
+/// The source for one `[[registry]]` entry of the config file. `settings`
+/// is the entry without `match` and `source`.
+pub fn from_config(name: &str, settings: toml::Table) -> Result<Arc<dyn Source>, String> {
+    match name {
+        "exec" => exec::Exec::from_settings(settings).map(|s| Arc::new(s) as Arc<dyn Source>),
+        other => Err(format!(
+            "unknown source {other:?}; the sources are: {}",
+            KNOWN.join(", ")
+        )),
+    }
+}
+
+/// Every name [`from_config`] accepts.
+pub const KNOWN: &[&str] = &["exec"];
+
+/// The source a registry gets with zero configuration, from its hostname
+/// (ECR, GCR/Artifact Registry and ACR hosts), if any. None yet.
+pub fn detect(_key: &str) -> Option<Arc<dyn Source>> {
+    None
+}
+
+/// A stable digest of a source's settings, for cache keys: a changed
+/// setting never reuses a token fetched with the old one.
+pub fn fingerprint(parts: &impl std::hash::Hash) -> String {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut h = DefaultHasher::new();
+    parts.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
