@@ -14,7 +14,7 @@
 //! match = "*.corp.example"
 //! source = "exec"                      # see `sources::exec` for the protocol
 //! command = ["/usr/local/bin/corp-token", "--for-docker"]
-//! timeout_secs = 10                    # default 30
+//! timeout_secs = 10                    # default 20, at most 25
 //! # A named secret, set with `regent secret set corp-token` (value on stdin):
 //! env = { TOKEN = { secret = "corp-token" } }
 //! ```

@@ -5,7 +5,7 @@
 //! match = "*.corp.example"
 //! source = "exec"
 //! command = ["/usr/local/bin/corp-token", "--for-docker"]   # argv, no shell
-//! timeout_secs = 10                                        # default 30
+//! timeout_secs = 10                                        # default 20, at most 25
 //! env = { TOKEN = { secret = "corp-token" }, MODE = "ci" }  # extra variables
 //! ```
 //!
@@ -45,8 +45,10 @@ use crate::secrets;
 
 /// The protocol version of stdin and stdout.
 pub const VERSION: u64 = 1;
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-pub const MAX_TIMEOUT_SECS: u64 = 600;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A cold `get` waits for the command, and the helper waits at most 30 s for
+/// the agent: the command must be done (or killed) before that.
+pub const MAX_TIMEOUT_SECS: u64 = 25;
 /// The most stdout a command may print.
 pub const MAX_STDOUT: usize = 1 << 20;
 /// How much of the end of stderr is kept.
