@@ -57,7 +57,8 @@ pub fn containers_auth_paths() -> Vec<PathBuf> {
     out
 }
 
-fn home() -> PathBuf {
+/// `$HOME`, or `/` when unset.
+pub fn home() -> PathBuf {
     std::env::var_os("HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)

@@ -25,7 +25,7 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::clientconf::{self, JsonFile};
-use crate::setup::{DROPIN_NAME, HELPER_NAME};
+use crate::setup::{HELPER_NAME, dropin_paths};
 
 pub struct Args {
     pub files: Vec<PathBuf>,
@@ -274,10 +274,7 @@ fn decode_entry(entry: &Value) -> Result<Option<(String, Secret)>, String> {
 fn client_asks_regent(file: &JsonFile, flavor: Flavor) -> bool {
     match flavor {
         Flavor::Docker => file.value.get("credsStore").and_then(Value::as_str) == Some(HELPER_NAME),
-        Flavor::Containers => clientconf::containers_config_dir()
-            .join("registries.conf.d")
-            .join(DROPIN_NAME)
-            .exists(),
+        Flavor::Containers => dropin_paths().iter().any(|p| p.exists()),
     }
 }
 

@@ -72,7 +72,8 @@ struct DockerState {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct PodmanState {
-    dropin: PathBuf,
+    #[serde(default)]
+    dropins: Vec<PathBuf>,
 }
 
 fn state_path() -> PathBuf {
@@ -161,7 +162,7 @@ fn detect_clients(undo: bool) -> Vec<Client> {
         if state.docker.is_some() {
             out.push(Client::Docker);
         }
-        if state.podman.is_some() || dropin_path().exists() {
+        if state.podman.is_some() || dropin_paths().iter().any(|p| p.exists()) {
             out.push(Client::Podman);
         }
         return out;
@@ -387,10 +388,21 @@ fn undo_docker(state: &mut State, dry_run: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn dropin_path() -> PathBuf {
-    clientconf::containers_config_dir()
-        .join("registries.conf.d")
-        .join(DROPIN_NAME)
+/// Where the drop-in goes. podman 4, buildah and skopeo read
+/// `$HOME/.config/containers/registries.conf.d` whatever `XDG_CONFIG_HOME`
+/// says (containers/image#1647); newer releases may follow
+/// `XDG_CONFIG_HOME`. When the two differ, regent writes both.
+pub fn dropin_paths() -> Vec<PathBuf> {
+    let mut out = vec![
+        clientconf::home()
+            .join(".config/containers/registries.conf.d")
+            .join(DROPIN_NAME),
+        clientconf::containers_config_dir()
+            .join("registries.conf.d")
+            .join(DROPIN_NAME),
+    ];
+    out.dedup();
+    out
 }
 
 fn dropin_contents() -> String {
@@ -402,65 +414,89 @@ fn dropin_contents() -> String {
     )
 }
 
-fn setup_podman(state: &mut State, dry_run: bool) -> anyhow::Result<()> {
-    let path = dropin_path();
-    let want = dropin_contents();
-    let current = match fs::read_to_string(&path) {
-        Ok(text) => Some(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+fn read_optional(path: &Path) -> anyhow::Result<Option<String>> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => bail!("cannot read {}: {e}; nothing was changed", path.display()),
-    };
-    if current.as_deref() == Some(want.as_str()) {
-        println!("podman: already set up ({})", path.display());
-    } else if current
-        .as_ref()
-        .is_some_and(|c| !c.starts_with(DROPIN_MARKER))
-    {
-        bail!(
-            "{} exists and was not written by regent; move it aside, then run this again \
-             (nothing was changed)",
-            path.display()
-        );
-    } else if dry_run {
-        print!(
-            "{}",
-            clientconf::diff(&path, current.as_deref().unwrap_or(""), &want)
-        );
-    } else {
-        write_new_file(&path, want.as_bytes())?;
-        println!(
-            "podman: credential-helpers = [\"{HELPER_NAME}\", \"containers-auth.json\"] in {}",
-            path.display()
-        );
-        println!("        (used by podman, buildah and skopeo; your registries.conf is unchanged)");
+    }
+}
+
+fn setup_podman(state: &mut State, dry_run: bool) -> anyhow::Result<()> {
+    let want = dropin_contents();
+    let paths = dropin_paths();
+    // Check every place before writing any.
+    let mut current = Vec::new();
+    for path in &paths {
+        let text = read_optional(path)?;
+        if text.as_ref().is_some_and(|c| !c.starts_with(DROPIN_MARKER)) {
+            bail!(
+                "{} exists and was not written by regent; move it aside, then run this again \
+                 (nothing was changed)",
+                path.display()
+            );
+        }
+        current.push(text);
+    }
+    for (path, text) in paths.iter().zip(&current) {
+        if text.as_deref() == Some(want.as_str()) {
+            println!("podman: already set up ({})", path.display());
+        } else if dry_run {
+            print!(
+                "{}",
+                clientconf::diff(path, text.as_deref().unwrap_or(""), &want)
+            );
+        } else {
+            write_new_file(path, want.as_bytes())?;
+            println!(
+                "podman: credential-helpers = [\"{HELPER_NAME}\", \"containers-auth.json\"] in {}",
+                path.display()
+            );
+        }
     }
     if !dry_run {
-        state.podman = Some(PodmanState { dropin: path });
+        println!("        (used by podman, buildah and skopeo; your registries.conf is unchanged)");
+        state.podman = Some(PodmanState { dropins: paths });
     }
     Ok(())
 }
 
 fn undo_podman(state: &mut State, dry_run: bool) -> anyhow::Result<()> {
-    let path = state
+    let mut paths = state
         .podman
         .as_ref()
-        .map(|p| p.dropin.clone())
-        .unwrap_or_else(dropin_path);
-    match fs::read_to_string(&path) {
-        Ok(text) if text.starts_with(DROPIN_MARKER) => {
-            if dry_run {
-                print!("{}", clientconf::diff(&path, &text, ""));
-            } else {
-                fs::remove_file(&path)
-                    .with_context(|| format!("cannot remove {}", path.display()))?;
-                println!("podman: removed {}", path.display());
-            }
+        .map(|p| p.dropins.clone())
+        .unwrap_or_default();
+    for path in dropin_paths() {
+        if !paths.contains(&path) {
+            paths.push(path);
         }
-        Ok(_) => println!(
-            "podman: {} was not written by regent; left as it is",
-            path.display()
-        ),
-        Err(_) => println!("podman: nothing to undo"),
+    }
+    let mut any = false;
+    for path in &paths {
+        match fs::read_to_string(path) {
+            Ok(text) if text.starts_with(DROPIN_MARKER) => {
+                any = true;
+                if dry_run {
+                    print!("{}", clientconf::diff(path, &text, ""));
+                } else {
+                    fs::remove_file(path)
+                        .with_context(|| format!("cannot remove {}", path.display()))?;
+                    println!("podman: removed {}", path.display());
+                }
+            }
+            Ok(_) => {
+                any = true;
+                println!(
+                    "podman: {} was not written by regent; left as it is",
+                    path.display()
+                );
+            }
+            Err(_) => {}
+        }
+    }
+    if !any {
+        println!("podman: nothing to undo");
     }
     if !dry_run {
         state.podman = None;

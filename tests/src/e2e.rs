@@ -20,6 +20,17 @@
 //! was asked ([`E2e::calls_since`]), next to the agent's own log
 //! ([`E2e::served_since`]) and its table ([`TestEnv::ls_json`]).
 //!
+//! `REGENT_E2E_DOCKER` picks another docker CLI (default: /usr/bin/docker).
+//!
+//! Nothing outside the temporary directory is written, with two exceptions
+//! that bookworm's versions do not let a caller move: as root, containers/image
+//! (podman 4.3, buildah 1.28, skopeo 1.9) keeps its blob-info cache in
+//! /var/lib/containers/cache, and dockerd 20.10 creates /run/docker/plugins
+//! (removed again when it did not exist before and is empty). dockerd's
+//! /etc/docker/key.json is moved into the temp dir (`deprecated-key-path`), and
+//! podman uses the CNI backend so that netavark's /run/containers/networks is
+//! never created.
+//!
 //! A component that truly cannot start on this machine (a missing program, a
 //! daemon that dies at start) skips the test loudly with `SKIP: ...` on stderr;
 //! with `REGENT_E2E_STRICT=1` a skip fails the test instead.
@@ -61,8 +72,18 @@ pub fn skip(test: &str, why: &str) {
     if strict() {
         panic!("REGENT_E2E_STRICT=1 and {test} would be skipped: {why}");
     }
-    eprintln!("\nSKIP: {test}: {why}\n");
-    println!("SKIP: {test}: {why}");
+    let line = format!("SKIP: {test}: {why}");
+    // Straight to fd 2, past the test harness's output capture, so that a
+    // skip is visible in a normal (captured) `cargo test` run too.
+    let _ = std::io::stderr().write_all(format!("\n{line}\n\n").as_bytes());
+    println!("{line}");
+    // For scripts/test's summary.
+    if let Some(path) = std::env::var_os("REGENT_E2E_SKIP_LOG").filter(|p| !p.is_empty())
+        && let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(path)
+    {
+        let first = line.lines().next().unwrap_or_default();
+        let _ = writeln!(f, "{first}");
+    }
 }
 
 /// The last `max` bytes of a file, for failure and skip messages.
@@ -84,11 +105,25 @@ pub fn tail(path: &Path, max: usize) -> String {
 /// pyenv shims or a newer client in /usr/local/bin do not change what runs),
 /// then on `PATH`.
 pub fn program(preferred: &[&str], name: &str) -> Option<PathBuf> {
+    const SYSTEM: [&str; 6] = [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ];
     preferred
         .iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
         .or_else(|| crate::which(name))
+        .or_else(|| {
+            SYSTEM
+                .iter()
+                .map(|d| Path::new(d).join(name))
+                .find(|p| p.is_file())
+        })
 }
 
 /// Every program a test needs, or the skip reason naming the missing ones
@@ -96,7 +131,7 @@ pub fn program(preferred: &[&str], name: &str) -> Option<PathBuf> {
 pub fn require(programs: &[(&str, &str)]) -> Result<(), String> {
     let missing: Vec<String> = programs
         .iter()
-        .filter(|(p, _)| program(&[], p).is_none() && !Path::new(p).is_file())
+        .filter(|(p, _)| program(&[], p).is_none())
         .map(|(p, pkg)| format!("{p} (Debian package {pkg})"))
         .collect();
     if missing.is_empty() {
@@ -190,7 +225,8 @@ impl E2e {
         }
         fs::set_permissions(&config_home, fs::Permissions::from_mode(0o700)).unwrap();
 
-        // The wrapper: record, then exec the real helper (found first on PATH).
+        // The wrapper (first on PATH): record, then run the real helper by its
+        // absolute path. The real helper's directory comes next on PATH.
         let wrapper = wrap_dir.join(crate::HELPER);
         let script = format!(
             "#!/bin/sh\n\
@@ -251,7 +287,10 @@ impl E2e {
             format!(
                 "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"none\"\n\
                  tmp_dir = \"{tmp}/libpod\"\nstatic_dir = \"{st}/libpod\"\n\
-                 volume_path = \"{st}/volumes\"\nimage_copy_tmp_dir = \"{tmp}\"\n",
+                 volume_path = \"{st}/volumes\"\nimage_copy_tmp_dir = \"{tmp}\"\n\n\
+                 # CNI keeps its state under network_config_dir; netavark (as root)\n\
+                 # would use /run/containers/networks.\n\
+                 [network]\nnetwork_backend = \"cni\"\nnetwork_config_dir = \"{st}/networks\"\n",
                 tmp = tmp.display(),
                 st = storage.display(),
             ),
@@ -511,13 +550,22 @@ impl E2e {
             self.name,
             self.diagnostics()
         );
-        let log = self.env.log_contents();
+        let served = self.served_since(mark);
         assert!(
-            log.lines()
-                .any(|l| l.contains("stored") && l.contains(&format!("key=\"{key}\"")))
-                || log
-                    .lines()
-                    .any(|l| l.contains("stored") && l.contains(&format!("key={key} "))),
+            served
+                .iter()
+                .any(|s| s.request == "store" && s.response == "done"),
+            "{}: {what}: the agent served no successful `store`; served since: {served:?}\n{}",
+            self.name,
+            self.diagnostics()
+        );
+        let quoted = format!("key=\"{key}\"");
+        let bare = format!("key={key} ");
+        assert!(
+            self.env
+                .log_contents()
+                .lines()
+                .any(|l| l.contains(" stored ") && (l.contains(&quoted) || l.contains(&bare))),
             "{}: {what}: the agent did not log `stored key={key}`\n{}",
             self.name,
             self.diagnostics()
@@ -640,9 +688,13 @@ impl E2e {
         }
     }
 
-    /// The docker CLI: Debian's /usr/bin/docker (the daemon's own version)
-    /// when installed, else `docker` on PATH.
+    /// The docker CLI: `REGENT_E2E_DOCKER` when set (e.g. a newer client in
+    /// /usr/local/bin), else Debian's /usr/bin/docker (the daemon's own
+    /// version) when installed, else `docker` on PATH.
     pub fn docker_cli() -> PathBuf {
+        if let Some(cli) = std::env::var_os("REGENT_E2E_DOCKER").filter(|c| !c.is_empty()) {
+            return PathBuf::from(cli);
+        }
         program(&["/usr/bin/docker"], "docker").unwrap_or_else(|| PathBuf::from("docker"))
     }
 
@@ -881,6 +933,10 @@ impl Drop for Registry {
     }
 }
 
+/// Where dockerd 20.10 puts plugin sockets whatever its exec root (hard-coded
+/// because of the unix socket path length limit).
+const RUN_DOCKER: &str = "/run/docker";
+
 /// One private dockerd at a time per test binary: several would share the
 /// machine's 2 cores and memory for no gain.
 static DOCKERD_LOCK: Mutex<()> = Mutex::new(());
@@ -895,6 +951,7 @@ pub struct Dockerd {
     pub log: PathBuf,
     pub dir: PathBuf,
     exec_root: PathBuf,
+    run_docker_existed: bool,
     child: Child,
     _serial: MutexGuard<'static, ()>,
 }
@@ -905,8 +962,12 @@ impl Dockerd {
         fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let socket = dir.join("docker.sock");
         let exec_root = dir.join("x");
+        // dockerd 20.10 writes its libtrust key to /etc/docker/key.json unless
+        // told otherwise, and only in the config file.
         let config = dir.join("daemon.json");
-        fs::write(&config, b"{}\n").map_err(|e| e.to_string())?;
+        let daemon_json = serde_json::json!({"deprecated-key-path": dir.join("key.json")});
+        fs::write(&config, daemon_json.to_string()).map_err(|e| e.to_string())?;
+        let run_docker_existed = Path::new(RUN_DOCKER).exists();
         let log = dir.join("dockerd.log");
         let logf = fs::File::create(&log).map_err(|e| e.to_string())?;
         let dockerd = program(&["/usr/sbin/dockerd", "/usr/bin/dockerd"], "dockerd")
@@ -953,6 +1014,7 @@ impl Dockerd {
             log,
             dir: dir.to_path_buf(),
             exec_root,
+            run_docker_existed,
             child,
             _serial: serial,
         };
@@ -1032,6 +1094,11 @@ impl Drop for Dockerd {
             wait_until(Duration::from_secs(5), || !is_alive(pid));
         }
         unmount_under(&self.dir);
+        if !self.run_docker_existed {
+            // Only if empty: remove_dir refuses anything else.
+            let _ = fs::remove_dir(Path::new(RUN_DOCKER).join("plugins"));
+            let _ = fs::remove_dir(RUN_DOCKER);
+        }
     }
 }
 

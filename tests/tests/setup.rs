@@ -29,6 +29,13 @@ fn dropin(env: &TestEnv) -> PathBuf {
         .join("containers/registries.conf.d/50-regent.conf")
 }
 
+/// podman 4, buildah and skopeo read only `$HOME/.config/containers`, even
+/// when `XDG_CONFIG_HOME` points elsewhere (as it does in these tests).
+fn home_dropin(env: &TestEnv) -> PathBuf {
+    env.home
+        .join(".config/containers/registries.conf.d/50-regent.conf")
+}
+
 fn write_json(path: &Path, value: &Value) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(path, serde_json::to_vec(value).unwrap()).unwrap();
@@ -182,11 +189,14 @@ fn setup_podman_writes_a_drop_in_and_undo_removes_it() {
 
     let out = env.regent(&["setup", "podman"]);
     assert!(out.success(), "{out}");
-    let text = fs::read_to_string(dropin(&env)).unwrap();
-    assert!(
-        text.contains("credential-helpers = [\"regent\", \"containers-auth.json\"]"),
-        "{text}"
-    );
+    for path in [dropin(&env), home_dropin(&env)] {
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("credential-helpers = [\"regent\", \"containers-auth.json\"]"),
+            "{}: {text}",
+            path.display()
+        );
+    }
     assert_eq!(fs::read_to_string(&registries).unwrap(), own);
     let again = env.regent(&["setup", "podman"]);
     assert!(again.stdout().contains("already set up"), "{again}");
@@ -194,6 +204,7 @@ fn setup_podman_writes_a_drop_in_and_undo_removes_it() {
     let undo = env.regent(&["setup", "--undo"]);
     assert!(undo.success(), "{undo}");
     assert!(!dropin(&env).exists());
+    assert!(!home_dropin(&env).exists());
     assert_eq!(fs::read_to_string(&registries).unwrap(), own);
 }
 
