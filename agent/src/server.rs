@@ -154,16 +154,23 @@ async fn handle(mut stream: UnixStream, state: &AgentState) -> Result<(), FrameE
         hello: false,
         supported: false,
     };
+    // Responses wait here while the client's next request is already in the
+    // socket: a helper pipelines Hello and its request, and gets both
+    // answers in one write (one wake-up instead of two).
+    let mut out = Zeroizing::new(Vec::new());
     loop {
         let wait = if session.hello {
             IDLE_TIMEOUT
         } else {
             HANDSHAKE_TIMEOUT
         };
-        let body = match read_frame(&mut stream, wait).await {
+        let body = match read_frame(&mut stream, wait, &mut out).await {
             Ok(body) => body,
             Err(FrameError::Closed) => return Ok(()),
-            Err(e) => return Err(e),
+            Err(e) => {
+                let _ = flush(&mut stream, &mut out).await;
+                return Err(e);
+            }
         };
         let response = match protocol::decode_body::<Request>(&body) {
             Ok(req) => {
@@ -171,7 +178,8 @@ async fn handle(mut stream: UnixStream, state: &AgentState) -> Result<(), FrameE
                 let quit = matches!(req, Request::Quit);
                 let response = dispatch(req, &mut session, state).await;
                 if quit {
-                    write_frame(&mut stream, &response).await?;
+                    push_frame(&mut out, &response)?;
+                    flush(&mut stream, &mut out).await?;
                     tracing::info!("quit requested by a client");
                     let _ = state.shutdown.send(true);
                     return Ok(());
@@ -183,10 +191,9 @@ async fn handle(mut stream: UnixStream, state: &AgentState) -> Result<(), FrameE
                 Response::error(ErrorKind::BadRequest, format!("{e}"))
             }
         };
-        let close = !session.hello;
-        write_frame(&mut stream, &response).await?;
-        if close {
-            return Ok(());
+        push_frame(&mut out, &response)?;
+        if !session.hello {
+            return flush(&mut stream, &mut out).await;
         }
     }
 }
@@ -403,15 +410,24 @@ async fn secret_set(state: &AgentState, name: String, secret: regent_shared::Sec
 }
 
 /// Reads one frame body. `wait` bounds the time until the first byte; the
-/// rest of the frame must follow within [`FRAME_TIMEOUT`].
+/// rest of the frame must follow within [`FRAME_TIMEOUT`]. Responses queued
+/// in `out` are written first unless the next request is already there.
 async fn read_frame(
     stream: &mut UnixStream,
     wait: Duration,
+    out: &mut Zeroizing<Vec<u8>>,
 ) -> Result<Zeroizing<Vec<u8>>, FrameError> {
     let mut header = [0u8; 4];
-    let first = tokio::time::timeout(wait, stream.read(&mut header))
-        .await
-        .map_err(|_| timed_out("waiting for a request"))??;
+    let first = match stream.try_read(&mut header) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            flush(stream, out).await?;
+            tokio::time::timeout(wait, stream.read(&mut header))
+                .await
+                .map_err(|_| timed_out("waiting for a request"))??
+        }
+        Err(e) => return Err(e.into()),
+    };
     if first == 0 {
         return Err(FrameError::Closed);
     }
@@ -430,11 +446,30 @@ async fn read_frame(
         .map_err(|_| timed_out("in the middle of a frame"))?
 }
 
-async fn write_frame(stream: &mut UnixStream, response: &Response) -> Result<(), FrameError> {
+/// Appends the frame of `response` to `out`.
+fn push_frame(out: &mut Zeroizing<Vec<u8>>, response: &Response) -> Result<(), FrameError> {
     let frame = protocol::encode_frame(response)?;
-    tokio::time::timeout(FRAME_TIMEOUT, stream.write_all(&frame))
+    if out.len() + frame.len() > out.capacity() {
+        // Grow by hand: a reallocation would leave a copy of a secret in
+        // freed memory; the old buffer is wiped when dropped.
+        let mut bigger = Zeroizing::new(Vec::with_capacity(out.len() + frame.len()));
+        bigger.extend_from_slice(out);
+        *out = bigger;
+    }
+    out.extend_from_slice(&frame);
+    Ok(())
+}
+
+/// Writes and clears the queued responses.
+async fn flush(stream: &mut UnixStream, out: &mut Zeroizing<Vec<u8>>) -> Result<(), FrameError> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    tokio::time::timeout(FRAME_TIMEOUT, stream.write_all(out))
         .await
         .map_err(|_| timed_out("writing a response"))??;
+    // Wipes the whole buffer and empties it.
+    zeroize::Zeroize::zeroize(&mut **out);
     Ok(())
 }
 
