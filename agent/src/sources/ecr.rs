@@ -570,7 +570,7 @@ where
                 || status >= 500;
             if transient && !PERMANENT_CODES.contains(&code.as_str()) {
                 let mut out = SourceError::transient(format!(
-                    "{what}: GetAuthorizationToken failed: {detail} (will retry)"
+                    "{what}: GetAuthorizationToken failed: {detail} (retried with backoff)"
                 ));
                 if let Some(a) = after {
                     out = out.retry_after(a);
@@ -591,10 +591,10 @@ where
             ))
         }
         SdkError::TimeoutError(_) => SourceError::transient(format!(
-            "{what}: GetAuthorizationToken timed out (will retry)"
+            "{what}: GetAuthorizationToken timed out (retried with backoff)"
         )),
         SdkError::ResponseError(_) => SourceError::transient(format!(
-            "{what}: the reply to GetAuthorizationToken could not be read: {} (will retry)",
+            "{what}: the reply to GetAuthorizationToken could not be read: {} (retried with backoff)",
             chain(&err)
         )),
         SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) | _ => {
@@ -608,7 +608,7 @@ where
                 return SourceError::permanent(format!("{what}: cannot build the request: {text}"));
             }
             SourceError::transient(format!(
-                "{what}: cannot reach the AWS endpoint: {text} (will retry)"
+                "{what}: cannot reach the AWS endpoint: {text} (retried with backoff)"
             ))
         }
     }
@@ -632,14 +632,24 @@ fn credentials_error(err: &CredentialsError, place: &Place<'_>) -> SourceError {
     let text = chain(err);
     match err {
         CredentialsError::ProviderTimedOut(_) => SourceError::transient(format!(
-            "{what}: the AWS credential provider timed out: {text} (will retry)"
+            "{what}: the AWS credential provider timed out: {text} (retried with backoff)"
         )),
-        CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_) => {
-            SourceError::permanent(format!(
-                "{what}: no usable AWS credentials: {text}; {}",
+        CredentialsError::CredentialsNotLoaded(_) => match &place.plan.profile {
+            Some(p) => SourceError::permanent(format!(
+                "{what}: profile {p:?} has no credentials (is it in the AWS config or \
+                 credentials file the agent reads, $AWS_CONFIG_FILE / \
+                 $AWS_SHARED_CREDENTIALS_FILE or ~/.aws?); {}",
                 place.login_hint()
-            ))
-        }
+            )),
+            None => SourceError::permanent(format!(
+                "{what}: no AWS credentials were found: {text}; {}",
+                place.login_hint()
+            )),
+        },
+        CredentialsError::InvalidConfiguration(_) => SourceError::permanent(format!(
+            "{what}: the AWS configuration is invalid: {text}; {}",
+            place.login_hint()
+        )),
         _ => {
             // Provider errors: an expired SSO session, a refused
             // AssumeRole, STS unreachable. Connection trouble may pass.
@@ -657,7 +667,7 @@ fn credentials_error(err: &CredentialsError, place: &Place<'_>) -> SourceError {
             .any(|w| lower.contains(w));
             if passing {
                 SourceError::transient(format!(
-                    "{what}: loading AWS credentials failed: {text} (will retry)"
+                    "{what}: loading AWS credentials failed: {text} (retried with backoff)"
                 ))
             } else {
                 SourceError::permanent(format!(
