@@ -184,6 +184,7 @@ impl Drop for FakeEcr {
 struct Request {
     target: String,
     authorization: String,
+    body: String,
 }
 
 fn read_request(conn: &TcpStream) -> Option<Request> {
@@ -219,6 +220,7 @@ fn read_request(conn: &TcpStream) -> Option<Request> {
     Some(Request {
         target,
         authorization,
+        body: String::from_utf8_lossy(&body).into_owned(),
     })
 }
 
@@ -241,6 +243,9 @@ fn serve(mut conn: TcpStream, s: &Shared) {
     };
     if s.dead.load(Ordering::SeqCst) {
         return;
+    }
+    if req.target.is_empty() && req.body.contains("Action=AssumeRole") {
+        return assume_role(conn, s, &req);
     }
     let n = s.count.fetch_add(1, Ordering::SeqCst) + 1;
     let (access_key_id, region, service) = credential_scope(&req.authorization);
@@ -332,6 +337,48 @@ fn serve(mut conn: TcpStream, s: &Shared) {
     let _ = conn.write_all(body.as_bytes());
     let _ = conn.flush();
 }
+
+/// STS `AssumeRole` (query protocol, XML reply): temporary keys whose id
+/// is [`ROLE_KEY_ID`]. Not counted in [`FakeEcr::calls`]; logged with target
+/// `AssumeRole:<RoleArn>` and service `sts`.
+fn assume_role(mut conn: TcpStream, s: &Shared, req: &Request) {
+    let (access_key_id, region, service) = credential_scope(&req.authorization);
+    let role = req
+        .body
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("RoleArn="))
+        .unwrap_or("")
+        .replace("%3A", ":")
+        .replace("%2F", "/");
+    s.state.lock().expect("fake ECR state").calls.push(Call {
+        n: 0,
+        target: format!("AssumeRole:{role}"),
+        access_key_id,
+        region,
+        service,
+    });
+    let body = format!(
+        "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
+         <AssumeRoleResult><Credentials><AccessKeyId>{ROLE_KEY_ID}</AccessKeyId>\
+         <SecretAccessKey>fake-role-secret</SecretAccessKey>\
+         <SessionToken>fake-session-token</SessionToken>\
+         <Expiration>2099-01-01T00:00:00Z</Expiration></Credentials>\
+         <AssumedRoleUser><AssumedRoleId>AROAFAKE:regent</AssumedRoleId>\
+         <Arn>arn:aws:sts::123456789012:assumed-role/fake/regent</Arn></AssumedRoleUser>\
+         </AssumeRoleResult><ResponseMetadata><RequestId>fake</RequestId></ResponseMetadata>\
+         </AssumeRoleResponse>"
+    );
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = conn.write_all(head.as_bytes());
+    let _ = conn.write_all(body.as_bytes());
+}
+
+/// The access key id of the credentials [`assume_role`] hands out.
+pub const ROLE_KEY_ID: &str = "ASIAFAKEROLEKEY00001";
 
 fn error_body(kind: &str, message: &str) -> String {
     serde_json::json!({ "__type": kind, "message": message }).to_string()

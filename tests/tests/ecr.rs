@@ -12,7 +12,9 @@ use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use regent_tests::fake_ecr::{FakeEcr, PRIVATE_TARGET, PUBLIC_TARGET, Reply, test_keys};
+use regent_tests::fake_ecr::{
+    FakeEcr, PRIVATE_TARGET, PUBLIC_TARGET, ROLE_KEY_ID, Reply, test_keys,
+};
 use regent_tests::{Input, Outcome, TestEnv, wait_until};
 
 const HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
@@ -420,6 +422,43 @@ fn config_entry_sets_profile_and_region() {
     let log = fake.log();
     assert_eq!(log[0].access_key_id, id);
     assert_eq!(log[0].region, "eu-central-1");
+}
+
+#[test]
+fn role_arn_is_assumed_with_the_profile_credentials() {
+    let fake = FakeEcr::start(Duration::from_secs(3600));
+    let aws = Aws::without_keys(&fake.url());
+    let (id, secret) = test_keys();
+    fs::write(
+        aws.aws_dir.join("credentials"),
+        format!("[ci]\naws_access_key_id = {id}\naws_secret_access_key = {secret}\n"),
+    )
+    .unwrap();
+    let role = "arn:aws:iam::123456789012:role/pull";
+    let config = aws.env.config_home.join("regent").join("config.toml");
+    fs::create_dir_all(config.parent().unwrap()).unwrap();
+    fs::write(
+        &config,
+        format!(
+            "[[registry]]\nmatch = \"*.dkr.ecr.eu-west-1.amazonaws.com\"\nsource = \"ecr\"\n\
+             profile = \"ci\"\nrole_arn = \"{role}\"\n"
+        ),
+    )
+    .unwrap();
+    let creds = aws
+        .env
+        .get_ok("123456789012.dkr.ecr.eu-west-1.amazonaws.com");
+    assert_eq!(creds.username, "AWS");
+    assert_eq!(creds.secret, fake.password(1, ROLE_KEY_ID));
+    let log = fake.log();
+    assert_eq!(log.len(), 2, "{log:?}");
+    // STS with the profile's keys, then ECR with the role's.
+    assert_eq!(log[0].target, format!("AssumeRole:{role}"));
+    assert_eq!(log[0].service, "sts");
+    assert_eq!(log[0].access_key_id, id);
+    assert_eq!(log[1].target, PRIVATE_TARGET);
+    assert_eq!(log[1].access_key_id, ROLE_KEY_ID);
+    assert_eq!(log[1].region, "eu-west-1");
 }
 
 // ---------------------------------------------------------------------------
