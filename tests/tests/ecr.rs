@@ -193,6 +193,24 @@ fn public_ecr_uses_the_public_api_in_us_east_1() {
 }
 
 #[test]
+fn fips_and_dual_stack_hosts_honour_the_service_endpoint_override() {
+    let fake = FakeEcr::start(Duration::from_secs(3600));
+    let mut aws = Aws::new(&fake.url());
+    // Only the ECR-specific override: FIPS / dual-stack must not make the
+    // SDK refuse it or go elsewhere.
+    aws.env.set_env("AWS_ENDPOINT_URL", None::<&str>);
+    for host in [
+        "123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com",
+        "123456789012.dkr-ecr.us-west-2.on.aws",
+    ] {
+        let out = aws.get(host);
+        assert_eq!(aws.env.parse_get(&out).username, "AWS", "{host}: {out}");
+    }
+    let regions: Vec<String> = fake.log().into_iter().map(|c| c.region).collect();
+    assert_eq!(regions, ["us-gov-west-1", "us-west-2"]);
+}
+
+#[test]
 fn two_hundred_concurrent_gets_on_a_cold_key_make_one_call() {
     let fake = FakeEcr::start(Duration::from_secs(3600));
     // Slow enough that the gets pile up on the one fetch.

@@ -346,7 +346,7 @@ async fn fetch(plan: &Plan, key: &str) -> Result<Token, SourceError> {
     let config = sdk_config(plan, &profile, &region).await;
     if plan.public {
         let mut builder = aws_sdk_ecrpublic::config::Builder::from(&config);
-        if has_endpoint_override(&config, "ECR PUBLIC", "AWS_ENDPOINT_URL_ECR_PUBLIC") {
+        if has_endpoint_override(&config, "ECR PUBLIC") {
             builder.set_use_fips(None);
             builder.set_use_dual_stack(None);
         }
@@ -371,7 +371,7 @@ async fn fetch(plan: &Plan, key: &str) -> Result<Token, SourceError> {
         let mut builder = aws_sdk_ecr::config::Builder::from(&config)
             .use_fips(plan.fips)
             .use_dual_stack(plan.dual_stack);
-        if has_endpoint_override(&config, "ECR", "AWS_ENDPOINT_URL_ECR") {
+        if has_endpoint_override(&config, "ECR") {
             // The endpoint rules refuse FIPS or dual-stack with a custom
             // endpoint: the custom endpoint is what the user chose.
             builder.set_use_fips(None);
@@ -439,13 +439,15 @@ async fn sdk_config(plan: &Plan, profile: &str, region: &str) -> SdkConfig {
 
 /// Whether the endpoint is overridden (code, `AWS_ENDPOINT_URL[_<SERVICE>]`
 /// or the profile), as the generated `From<&SdkConfig>` decides it.
-fn has_endpoint_override(config: &SdkConfig, service_id: &str, env: &str) -> bool {
+fn has_endpoint_override(config: &SdkConfig, service_id: &str) -> bool {
     if config.endpoint_url().is_some() {
         return true;
     }
+    // The same key the generated code asks with; the loader derives
+    // `AWS_ENDPOINT_URL_<SERVICE_ID>` and the profile's `services` section.
     let key = aws_types::service_config::ServiceConfigKey::builder()
         .service_id(service_id)
-        .env(env)
+        .env("AWS_ENDPOINT_URL")
         .profile("endpoint_url")
         .build()
         .expect("a complete service config key");
