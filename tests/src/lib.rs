@@ -18,6 +18,7 @@
 //! with what it printed so far and the agent log.
 
 pub mod e2e;
+pub mod fake_ecr;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

@@ -15,6 +15,7 @@
 //! Errors name the source and the registry and say what to do next. They
 //! never carry a secret, and never anything a command printed on stdout.
 
+pub mod ecr;
 pub mod exec;
 
 use std::collections::BTreeMap;
@@ -158,6 +159,7 @@ pub trait Source: Send + Sync + 'static {
 pub fn from_config(name: &str, settings: toml::Table) -> Result<Arc<dyn Source>, String> {
     match name {
         "exec" => exec::Exec::from_settings(settings).map(|s| Arc::new(s) as Arc<dyn Source>),
+        "ecr" => ecr::Ecr::from_settings(settings).map(|s| Arc::new(s) as Arc<dyn Source>),
         other => Err(format!(
             "unknown source {other:?}; the sources are: {}",
             KNOWN.join(", ")
@@ -166,12 +168,12 @@ pub fn from_config(name: &str, settings: toml::Table) -> Result<Arc<dyn Source>,
 }
 
 /// Every name [`from_config`] accepts.
-pub const KNOWN: &[&str] = &["exec"];
+pub const KNOWN: &[&str] = &["exec", "ecr"];
 
 /// The source a registry gets with zero configuration, from its hostname
-/// (ECR, GCR/Artifact Registry and ACR hosts), if any. None yet.
-pub fn detect(_key: &str) -> Option<Arc<dyn Source>> {
-    None
+/// (ECR and ECR Public hosts so far), if any.
+pub fn detect(key: &str) -> Option<Arc<dyn Source>> {
+    ecr::detect(key).map(|s| Arc::new(s) as Arc<dyn Source>)
 }
 
 /// A stable digest of a source's settings, for cache keys: a changed

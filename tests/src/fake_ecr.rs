@@ -1,0 +1,412 @@
+//! A loopback fake of the ECR and ECR Public `GetAuthorizationToken` APIs
+//! (AWS JSON 1.1 over HTTP/1.1), for tests: std only, one thread per
+//! connection, `Connection: close` on every reply.
+//!
+//! It dispatches on `X-Amz-Target`, ignores the signature, and records what
+//! tests need to tell calls apart: the access key id and the region and
+//! service of the SigV4 credential scope. Replies are scripted per call
+//! ([`Reply`]), with a default for calls past the script; a gate holds calls
+//! from a given number on until it is opened; [`FakeEcr::kill`] stops
+//! answering and closes the port.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+
+pub const PRIVATE_TARGET: &str = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken";
+pub const PUBLIC_TARGET: &str = "SpencerFrontendService.GetAuthorizationToken";
+
+/// What one call gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// A token `AWS:<prefix>-<n>-<access key id>` valid for `lifetime`.
+    Token,
+    /// 400 `ThrottlingException`.
+    Throttle,
+    /// 400 `AccessDeniedException`.
+    Denied,
+    /// 400 `UnrecognizedClientException` (bad keys).
+    Unrecognized,
+    /// 500 `ServerException`.
+    ServerError,
+}
+
+/// One request the fake saw.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub n: usize,
+    pub target: String,
+    pub access_key_id: String,
+    pub region: String,
+    pub service: String,
+}
+
+struct State {
+    script: VecDeque<Reply>,
+    then: Reply,
+    lifetime: Duration,
+    latency: Duration,
+    prefix: String,
+    /// Calls numbered this or higher wait for `open`.
+    hold_from: Option<usize>,
+    calls: Vec<Call>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    gate: Condvar,
+    count: AtomicUsize,
+    dead: AtomicBool,
+}
+
+pub struct FakeEcr {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: Option<thread::JoinHandle<()>>,
+}
+
+impl FakeEcr {
+    /// Starts on 127.0.0.1 with a free port; tokens live `lifetime`.
+    pub fn start(lifetime: Duration) -> FakeEcr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake ECR");
+        let addr = listener.local_addr().expect("fake ECR address");
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                script: VecDeque::new(),
+                then: Reply::Token,
+                lifetime,
+                latency: Duration::ZERO,
+                prefix: "ecr-pw".into(),
+                hold_from: None,
+                calls: Vec::new(),
+            }),
+            gate: Condvar::new(),
+            count: AtomicUsize::new(0),
+            dead: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        let accept = thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.dead.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let s = s.clone();
+                thread::spawn(move || serve(conn, &s));
+            }
+        });
+        FakeEcr {
+            addr,
+            shared,
+            accept: Some(accept),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, for `AWS_ENDPOINT_URL_ECR[_PUBLIC]`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().expect("fake ECR state")
+    }
+
+    /// The replies of the next calls, then `then` for every later one.
+    pub fn script(&self, replies: &[Reply], then: Reply) {
+        let mut st = self.state();
+        st.script = replies.iter().cloned().collect();
+        st.then = then;
+    }
+
+    pub fn set_lifetime(&self, lifetime: Duration) {
+        self.state().lifetime = lifetime;
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.state().latency = latency;
+    }
+
+    pub fn set_prefix(&self, prefix: &str) {
+        self.state().prefix = prefix.to_owned();
+    }
+
+    /// Calls number `n` (1-based) and later wait until [`FakeEcr::open`].
+    pub fn hold_from(&self, n: usize) {
+        self.state().hold_from = Some(n);
+    }
+
+    pub fn open(&self) {
+        self.state().hold_from = None;
+        self.shared.gate.notify_all();
+    }
+
+    /// How many requests arrived (held ones included).
+    pub fn calls(&self) -> usize {
+        self.shared.count.load(Ordering::SeqCst)
+    }
+
+    pub fn log(&self) -> Vec<Call> {
+        self.state().calls.clone()
+    }
+
+    /// The password call `n` returns for `access_key_id`.
+    pub fn password(&self, n: usize, access_key_id: &str) -> String {
+        format!("{}-{n}-{access_key_id}", self.state().prefix)
+    }
+
+    /// Stops answering: held and later calls get their connection closed,
+    /// and the port stops accepting.
+    pub fn kill(&mut self) {
+        self.shared.dead.store(true, Ordering::SeqCst);
+        self.shared.gate.notify_all();
+        // Wake the accept loop so that it drops the listener.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2));
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for FakeEcr {
+    fn drop(&mut self) {
+        if self.accept.is_some() {
+            self.kill();
+        }
+    }
+}
+
+struct Request {
+    target: String,
+    authorization: String,
+    body: String,
+}
+
+fn read_request(conn: &TcpStream) -> Option<Request> {
+    let mut reader = BufReader::new(conn.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    if line.trim().is_empty() {
+        return None;
+    }
+    let mut target = String::new();
+    let mut authorization = String::new();
+    let mut length = 0usize;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (name, value) = l.split_once(':')?;
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "x-amz-target" => target = value.to_owned(),
+            "authorization" => authorization = value.to_owned(),
+            "content-length" => length = value.parse().ok()?,
+            _ => {}
+        }
+    }
+    let mut body = vec![0; length.min(1 << 20)];
+    reader.read_exact(&mut body).ok()?;
+    Some(Request {
+        target,
+        authorization,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// `Credential=AKID/date/region/service/aws4_request` → (AKID, region, service).
+fn credential_scope(authorization: &str) -> (String, String, String) {
+    let Some(start) = authorization.find("Credential=") else {
+        return Default::default();
+    };
+    let rest = &authorization[start + "Credential=".len()..];
+    let scope = rest.split([',', ' ']).next().unwrap_or("");
+    let parts: Vec<&str> = scope.split('/').collect();
+    let get = |i: usize| parts.get(i).copied().unwrap_or("").to_owned();
+    (get(0), get(2), get(3))
+}
+
+fn serve(mut conn: TcpStream, s: &Shared) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let Some(req) = read_request(&conn) else {
+        return;
+    };
+    if s.dead.load(Ordering::SeqCst) {
+        return;
+    }
+    if req.target.is_empty() && req.body.contains("Action=AssumeRole") {
+        return assume_role(conn, s, &req);
+    }
+    let n = s.count.fetch_add(1, Ordering::SeqCst) + 1;
+    let (access_key_id, region, service) = credential_scope(&req.authorization);
+    let (reply, lifetime, latency, prefix) = {
+        let mut st = s.state.lock().expect("fake ECR state");
+        st.calls.push(Call {
+            n,
+            target: req.target.clone(),
+            access_key_id: access_key_id.clone(),
+            region,
+            service,
+        });
+        while st.hold_from.is_some_and(|from| n >= from) && !s.dead.load(Ordering::SeqCst) {
+            st = s.gate.wait(st).expect("fake ECR gate");
+        }
+        let reply = st.script.pop_front().unwrap_or_else(|| st.then.clone());
+        (reply, st.lifetime, st.latency, st.prefix.clone())
+    };
+    if s.dead.load(Ordering::SeqCst) {
+        return;
+    }
+    if !latency.is_zero() {
+        thread::sleep(latency);
+    }
+    let public = req.target == PUBLIC_TARGET;
+    let (status, body) = if req.target != PRIVATE_TARGET && !public {
+        (
+            400,
+            error_body(
+                "UnknownOperationException",
+                &format!("unknown target {:?}", req.target),
+            ),
+        )
+    } else {
+        match reply {
+            Reply::Token => {
+                let token = base64::engine::general_purpose::STANDARD
+                    .encode(format!("AWS:{prefix}-{n}-{access_key_id}"));
+                let expires = SystemTime::now()
+                    .checked_add(lifetime)
+                    .unwrap_or(SystemTime::now())
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                let data = serde_json::json!({
+                    "authorizationToken": token,
+                    "expiresAt": expires,
+                });
+                let body = if public {
+                    serde_json::json!({ "authorizationData": data })
+                } else {
+                    let mut data = data;
+                    data["proxyEndpoint"] =
+                        "https://123456789012.dkr.ecr.us-east-1.amazonaws.com".into();
+                    serde_json::json!({ "authorizationData": [data] })
+                };
+                (200, body.to_string())
+            }
+            Reply::Throttle => (400, error_body("ThrottlingException", "Rate exceeded")),
+            Reply::Denied => (
+                400,
+                error_body(
+                    "AccessDeniedException",
+                    "User: arn:aws:iam::123456789012:user/test is not authorized to perform: \
+                     ecr:GetAuthorizationToken",
+                ),
+            ),
+            Reply::Unrecognized => (
+                400,
+                error_body(
+                    "UnrecognizedClientException",
+                    "The security token included in the request is invalid.",
+                ),
+            ),
+            Reply::ServerError => (500, error_body("ServerException", "internal failure")),
+        }
+    };
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        _ => "Internal Server Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/x-amz-json-1.1\r\n\
+         Content-Length: {}\r\nx-amzn-RequestId: fake-{n}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = conn.write_all(head.as_bytes());
+    let _ = conn.write_all(body.as_bytes());
+    let _ = conn.flush();
+}
+
+/// STS `AssumeRole` (query protocol, XML reply): temporary keys whose id
+/// is [`ROLE_KEY_ID`]. Not counted in [`FakeEcr::calls`]; logged with target
+/// `AssumeRole:<RoleArn>` and service `sts`.
+fn assume_role(mut conn: TcpStream, s: &Shared, req: &Request) {
+    let (access_key_id, region, service) = credential_scope(&req.authorization);
+    let role = req
+        .body
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("RoleArn="))
+        .unwrap_or("")
+        .replace("%3A", ":")
+        .replace("%2F", "/");
+    s.state.lock().expect("fake ECR state").calls.push(Call {
+        n: 0,
+        target: format!("AssumeRole:{role}"),
+        access_key_id,
+        region,
+        service,
+    });
+    let body = format!(
+        "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
+         <AssumeRoleResult><Credentials><AccessKeyId>{ROLE_KEY_ID}</AccessKeyId>\
+         <SecretAccessKey>fake-role-secret</SecretAccessKey>\
+         <SessionToken>fake-session-token</SessionToken>\
+         <Expiration>2099-01-01T00:00:00Z</Expiration></Credentials>\
+         <AssumedRoleUser><AssumedRoleId>AROAFAKE:regent</AssumedRoleId>\
+         <Arn>arn:aws:sts::123456789012:assumed-role/fake/regent</Arn></AssumedRoleUser>\
+         </AssumeRoleResult><ResponseMetadata><RequestId>fake</RequestId></ResponseMetadata>\
+         </AssumeRoleResponse>"
+    );
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = conn.write_all(head.as_bytes());
+    let _ = conn.write_all(body.as_bytes());
+}
+
+/// The access key id of the credentials [`assume_role`] hands out.
+pub const ROLE_KEY_ID: &str = "ASIAFAKEROLEKEY00001";
+
+fn error_body(kind: &str, message: &str) -> String {
+    serde_json::json!({ "__type": kind, "message": message }).to_string()
+}
+
+/// A random AWS-looking access key pair made at test time.
+pub fn test_keys() -> (String, String) {
+    let id: String = crate::random_bytes(16)
+        .iter()
+        .map(|b| (b'A' + b % 26) as char)
+        .collect();
+    (format!("AKIA{id}"), crate::random_secret(40))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_is_parsed() {
+        let (id, region, service) = credential_scope(
+            "AWS4-HMAC-SHA256 Credential=AKIAX/20260101/eu-west-1/ecr/aws4_request, \
+             SignedHeaders=host, Signature=abc",
+        );
+        assert_eq!(
+            (id.as_str(), region.as_str(), service.as_str()),
+            ("AKIAX", "eu-west-1", "ecr")
+        );
+        assert_eq!(credential_scope("none"), Default::default());
+    }
+}
