@@ -100,7 +100,10 @@ fn sigkill_during_stores_and_erases_loses_nothing_acknowledged() {
     done.store(true, Ordering::SeqCst);
     killer.join().unwrap();
     let kills = kills.load(Ordering::SeqCst);
-    assert!(kills >= 3, "only {kills} kills happened; the test proved little");
+    assert!(
+        kills >= 3,
+        "only {kills} kills happened; the test proved little"
+    );
 
     // One more crash, then check everything on a fresh agent.
     if let Some(pid) = env.agent_pid() {
@@ -140,4 +143,97 @@ fn sigkill_during_stores_and_erases_loses_nothing_acknowledged() {
          cut-off op at the end)",
         THREADS * OPS_PER_THREAD
     );
+}
+
+/// Unmounts the tmpfs when the test ends, even on panic.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_store_clearly_and_keeps_the_old_data() {
+    use regent_tests::StoreKind;
+
+    let env = TestEnv::with_store(StoreKind::File);
+    // The data directory (secrets.enc and the index) on a 96 KiB tmpfs.
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=96k,mode=0700", "tmpfs"])
+        .arg(&env.data_home)
+        .output();
+    match mounted {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            skip_full_disk(&String::from_utf8_lossy(&o.stderr));
+            return;
+        }
+        Err(e) => {
+            skip_full_disk(&e.to_string());
+            return;
+        }
+    }
+    let _guard = Tmpfs(env.data_home.clone());
+
+    let prefix = unique_host("full");
+    let mut kept = Vec::new();
+    let mut refusal = None;
+    for i in 0..40 {
+        let key = format!("k{i}.{prefix}");
+        let secret = random_secret(if i == 0 { 20 } else { 12 * 1024 });
+        let out = env.helper(&["store"], TestEnv::store_json(&key, "u", &secret));
+        if out.success() {
+            kept.push((key, secret));
+        } else {
+            refusal = Some((key, out));
+            break;
+        }
+    }
+    let (lost_key, out) = refusal.expect("40 stores of 12 KiB fit in a 96 KiB tmpfs?");
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert_eq!(out.out_lines().len(), 1, "{out}");
+    assert!(
+        out.stdout().contains("No space left") || out.stdout().contains("space"),
+        "the error should say the disk is full\n{out}"
+    );
+    assert!(kept.len() >= 2, "too few stores fit: {}", kept.len());
+    eprintln!(
+        "full disk after {} stores: {}",
+        kept.len(),
+        out.stdout().trim()
+    );
+
+    // Nothing half-written is left behind, and the old data is intact, also
+    // for a new agent that reads it from disk.
+    let names: Vec<String> = std::fs::read_dir(env.data_home.join("regent"))
+        .or_else(|_| std::fs::read_dir(&env.data_home))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.contains("tmp")),
+        "temporary files left: {names:?}"
+    );
+    env.stop_agent();
+    for (key, secret) in &kept {
+        assert_eq!(&env.get_ok(key).secret, secret, "{key} changed");
+    }
+    env.get_missing(&lost_key);
+}
+
+fn skip_full_disk(why: &str) {
+    let msg = format!(
+        "SKIP: a_full_disk_fails_the_store_clearly_and_keeps_the_old_data: cannot mount a \
+         tmpfs here ({}); it needs root",
+        why.trim()
+    );
+    if std::env::var_os("REGENT_E2E_STRICT").is_some_and(|v| v == "1") {
+        panic!("{msg}");
+    }
+    eprintln!("{msg}");
 }
