@@ -15,6 +15,7 @@
 //! Errors name the source and the registry and say what to do next. They
 //! never carry a secret, and never anything a command printed on stdout.
 
+#[cfg(feature = "ecr")]
 pub mod ecr;
 pub mod exec;
 
@@ -159,7 +160,13 @@ pub trait Source: Send + Sync + 'static {
 pub fn from_config(name: &str, settings: toml::Table) -> Result<Arc<dyn Source>, String> {
     match name {
         "exec" => exec::Exec::from_settings(settings).map(|s| Arc::new(s) as Arc<dyn Source>),
+        #[cfg(feature = "ecr")]
         "ecr" => ecr::Ecr::from_settings(settings).map(|s| Arc::new(s) as Arc<dyn Source>),
+        #[cfg(not(feature = "ecr"))]
+        "ecr" => {
+            drop(settings);
+            Err("this regent was built without the ecr source (cargo feature \"ecr\")".into())
+        }
         other => Err(format!(
             "unknown source {other:?}; the sources are: {}",
             KNOWN.join(", ")
@@ -173,7 +180,13 @@ pub const KNOWN: &[&str] = &["exec", "ecr"];
 /// The source a registry gets with zero configuration, from its hostname
 /// (ECR and ECR Public hosts so far), if any.
 pub fn detect(key: &str) -> Option<Arc<dyn Source>> {
-    ecr::detect(key).map(|s| Arc::new(s) as Arc<dyn Source>)
+    #[cfg(feature = "ecr")]
+    return ecr::detect(key).map(|s| Arc::new(s) as Arc<dyn Source>);
+    #[cfg(not(feature = "ecr"))]
+    {
+        let _ = key;
+        None
+    }
 }
 
 /// A stable digest of a source's settings, for cache keys: a changed
