@@ -15,11 +15,14 @@ use std::io::{self, IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use regent_shared::Secret;
+mod parse;
+
+use parse::{Failure, parse_server_url, parse_store};
+
 use regent_shared::client::{self, AgentExe, ClientError, Options};
-use regent_shared::messages::{NO_SERVER_URL, NO_USERNAME, NOT_FOUND};
+use regent_shared::Secret;
+use regent_shared::messages::NOT_FOUND;
 use regent_shared::protocol::{FORWARDED_ENV, Request, Response};
-use serde_json::Value;
 
 const NAME: &str = "docker-credential-regent";
 const USAGE: &str = "Usage: docker-credential-regent <store|get|erase|list|version>";
@@ -35,22 +38,6 @@ const STDIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A `get` that cannot reach or start the agent gives up well within 3 s and
 /// answers "not found", so public images still pull.
 const GET_START_BUDGET: Duration = Duration::from_millis(2500);
-
-/// A failure to report: the line for stdout (never a secret) and, optionally,
-/// a reason for stderr.
-struct Failure {
-    stdout: String,
-    stderr: Option<String>,
-}
-
-impl Failure {
-    fn line(msg: impl Into<String>) -> Self {
-        Failure {
-            stdout: msg.into(),
-            stderr: None,
-        }
-    }
-}
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args_os()
@@ -182,53 +169,6 @@ fn store() -> Result<(), Failure> {
     }
 }
 
-/// Parses the `store` payload the way Go's decoder does: the first JSON value,
-/// keys matched case-insensitively (an exact match wins), unknown keys ignored.
-fn parse_store(input: &[u8]) -> Result<(String, String, Secret), Failure> {
-    let first = serde_json::Deserializer::from_slice(input)
-        .into_iter::<Value>()
-        .next();
-    let mut object = match first {
-        None => return Err(Failure::line("no credentials JSON on stdin")),
-        Some(Err(e)) => {
-            return Err(Failure::line(format!(
-                "invalid credentials JSON on stdin at line {} column {}",
-                e.line(),
-                e.column()
-            )));
-        }
-        Some(Ok(Value::Object(map))) => map,
-        Some(Ok(_)) => {
-            return Err(Failure::line(
-                "invalid credentials JSON on stdin: expected an object with ServerURL, Username and Secret",
-            ));
-        }
-    };
-    let mut take = |field: &str| -> Result<String, Failure> {
-        let key = object
-            .keys()
-            .find(|k| k.as_str() == field)
-            .or_else(|| object.keys().find(|k| k.eq_ignore_ascii_case(field)))
-            .cloned();
-        match key.and_then(|k| object.remove(&k)) {
-            None | Some(Value::Null) => Ok(String::new()),
-            Some(Value::String(s)) => Ok(s),
-            Some(_) => Err(Failure::line(format!(
-                "invalid credentials JSON on stdin: {field} must be a string"
-            ))),
-        }
-    };
-    let secret = Secret::new(take("Secret")?);
-    let server_url = take("ServerURL")?;
-    let username = take("Username")?;
-    if server_url.trim().is_empty() {
-        return Err(Failure::line(NO_SERVER_URL));
-    }
-    if username.is_empty() {
-        return Err(Failure::line(NO_USERNAME));
-    }
-    Ok((server_url, username, secret))
-}
 
 fn erase() -> Result<(), Failure> {
     let server_url = read_server_url()?;
@@ -278,14 +218,7 @@ fn unexpected(resp: Response) -> Failure {
 /// Reads the server URL of `get` and `erase`: line breaks are dropped and
 /// surrounding white space trimmed, as the reference helpers do.
 fn read_server_url() -> Result<String, Failure> {
-    let input = read_stdin()?;
-    let text = String::from_utf8_lossy(&input);
-    let joined: String = text.chars().filter(|c| *c != '\n' && *c != '\r').collect();
-    let url = joined.trim();
-    if url.is_empty() {
-        return Err(Failure::line(NO_SERVER_URL));
-    }
-    Ok(url.to_owned())
+    parse_server_url(&read_stdin()?)
 }
 
 /// Reads stdin to its end, refusing more than [`MAX_STDIN`] bytes and, unless
@@ -368,6 +301,7 @@ fn read_stdin() -> Result<zeroize::Zeroizing<Vec<u8>>, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use regent_shared::messages::{NO_SERVER_URL, NO_USERNAME};
 
     fn parsed(json: &str) -> Result<(String, String, String), String> {
         parse_store(json.as_bytes())
