@@ -420,3 +420,38 @@ fn no_plaintext_secret_on_disk() {
         }
     }
 }
+
+#[test]
+fn the_agent_disables_core_dumps_and_locks_its_memory() {
+    let env = TestEnv::new();
+    env.store_ok("locked.example", "u", "locked-secret");
+    let pid = env.wait_agent_pid(Duration::from_secs(10)).expect("agent");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("core limit line");
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(
+        &fields[4..6],
+        &["0", "0"],
+        "core dumps are not disabled: {core}"
+    );
+    let log = env.log_contents();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let locked_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmLck in /proc/<pid>/status");
+    if is_root() {
+        assert!(
+            locked_kb > 0,
+            "running as root, the agent should have locked its pages\n{status}\n{log}"
+        );
+        assert!(log.contains("locked in RAM"), "{log}");
+    } else if locked_kb == 0 {
+        // The limit was too small: the log must say so and how to raise it.
+        assert!(log.contains("not locked: RLIMIT_MEMLOCK"), "{log}");
+    }
+}
