@@ -19,8 +19,8 @@ mod parse;
 
 use parse::{Failure, parse_server_url, parse_store};
 
-use regent_shared::client::{self, AgentExe, ClientError, Options};
 use regent_shared::Secret;
+use regent_shared::client::{self, AgentExe, ClientError, Options};
 use regent_shared::messages::NOT_FOUND;
 use regent_shared::protocol::{FORWARDED_ENV, Request, Response};
 
@@ -168,7 +168,6 @@ fn store() -> Result<(), Failure> {
         Err(e) => Err(agent_error(&e)),
     }
 }
-
 
 fn erase() -> Result<(), Failure> {
     let server_url = read_server_url()?;

@@ -49,6 +49,7 @@ impl SecretService {
         let address = line.trim().to_owned();
         if address.is_empty() {
             let _ = child.kill();
+            let _ = child.wait();
             skip_loudly(
                 test,
                 "scripts/with-secret-service did not bring up a Secret Service",
