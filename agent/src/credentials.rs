@@ -29,6 +29,11 @@ use crate::store::{Backend, Op, StoreError, StoreKind};
 /// The longest a backend read may take before a `get` gives up on it.
 const BACKEND_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a store or erase waits for the backend before it answers with
+/// an error: below the helper's 30 s wait for an answer, so the user reads
+/// the agent's reason, not a time-out.
+const WRITE_ACK_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How many queued writes the writer takes in one batch at most.
 const MAX_BATCH: usize = 256;
 
@@ -248,8 +253,18 @@ impl Credentials {
         self.writer
             .send(Job { write, done })
             .map_err(|_| "the agent is shutting down; try again".to_owned())?;
-        rx.await
-            .map_err(|_| "the agent's writer stopped; see the agent log".to_owned())?
+        match tokio::time::timeout(WRITE_ACK_TIMEOUT, rx).await {
+            Ok(result) => {
+                result.map_err(|_| "the agent's writer stopped; see the agent log".to_owned())?
+            }
+            Err(_) => Err(format!(
+                "{} did not confirm the write within {} s (locked behind an unlock prompt, or \
+                 not answering); it may still complete: check with `regent ls`, or use \
+                 REGENT_STORE=file",
+                self.backend.location(),
+                WRITE_ACK_TIMEOUT.as_secs()
+            )),
+        }
     }
 
     /// `{server URL as stored: username}`.
@@ -330,7 +345,10 @@ impl Writer {
     }
 
     fn update_index(&mut self, batch: &[Job]) -> Result<(), String> {
-        let before = self.index.clone();
+        // What each changed key held before, to put back if the index
+        // cannot be saved (not a clone of the whole index: that would make
+        // every store cost as much as the number of credentials).
+        let mut undo: Vec<(String, Option<IndexEntry>)> = Vec::with_capacity(batch.len());
         let now = now_unix();
         for job in batch {
             match &job.write {
@@ -341,7 +359,7 @@ impl Writer {
                     ..
                 } => {
                     let created = self.index.get(key).map_or(now, |e| e.created);
-                    self.index.insert(
+                    let old = self.index.insert(
                         key.clone(),
                         IndexEntry {
                             server_url: server_url.clone(),
@@ -350,14 +368,26 @@ impl Writer {
                             updated: now,
                         },
                     );
+                    undo.push((key.clone(), old));
                 }
                 Write::Erase { key } => {
-                    self.index.remove(key);
+                    let old = self.index.remove(key);
+                    undo.push((key.clone(), old));
                 }
             }
         }
         if let Err(e) = self.index.save() {
-            self.index = before;
+            // Newest first, so a key changed twice ends as it began.
+            for (key, old) in undo.into_iter().rev() {
+                match old {
+                    Some(entry) => {
+                        self.index.insert(key, entry);
+                    }
+                    None => {
+                        self.index.remove(&key);
+                    }
+                }
+            }
             return Err(e.to_string());
         }
         Ok(())

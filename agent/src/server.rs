@@ -176,7 +176,21 @@ async fn handle(mut stream: UnixStream, state: &AgentState) -> Result<(), FrameE
             Ok(req) => {
                 drop(body);
                 let quit = matches!(req, Request::Quit);
-                let response = dispatch(req, &mut session, state).await;
+                // Answers wait in `out` only behind requests that finish at
+                // once (served from memory). One that has to wait (a store,
+                // a cold read, a token fetch) first sends what is queued, so
+                // the client gets its Hello answer within its handshake bound.
+                let mut pending = std::pin::pin!(dispatch(req, &mut session, state));
+                let first =
+                    std::future::poll_fn(|cx| std::task::Poll::Ready(pending.as_mut().poll(cx)))
+                        .await;
+                let response = match first {
+                    std::task::Poll::Ready(response) => response,
+                    std::task::Poll::Pending => {
+                        flush(&mut stream, &mut out).await?;
+                        pending.await
+                    }
+                };
                 if quit {
                     push_frame(&mut out, &response)?;
                     flush(&mut stream, &mut out).await?;
