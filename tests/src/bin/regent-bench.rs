@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! regent-bench --server URL [--runs N] [--warmup N] [--helper PATH]
-//!              [--floor PATH] [--cat PATH] [--agent-pid PID] [--json]
+//!              [--floor PATH] [--cat PATH] [--agent-pid PID] [--json] [--quick]
+//!              [ECR and load options: --help lists them]
 //! ```
 //!
 //! Three kinds of process are spawned `--runs` times each (default 2000),
@@ -17,7 +18,15 @@
 //!
 //! - `floor`: `regent-bench-floor`, an empty Rust binary, with the URL on stdin;
 //! - `cat`: `/bin/cat`, reading the URL from stdin;
-//! - `helper`: `docker-credential-regent get`, with the URL on stdin.
+//! - `helper`: `docker-credential-regent get`, with the URL on stdin;
+//! - `ecr` (a fourth kind, unless `--quick` or `--no-ecr`): the helper's `get`
+//!   of an ECR host whose token a second agent of this program's own holds
+//!   (see regent_bench/ecr.rs); that section then counts token-endpoint
+//!   calls over `--ecr-gets` gets with short token lifetimes.
+//!
+//! Then, unless `--quick` or `--no-load`, the load section
+//! (regent_bench/load.rs): per-operation latency beside the floor and the
+//! other Debian helpers, parallel helpers, and an agent with many credentials.
 //!
 //! Every process gets the URL from a pipe filled before the spawn and writes to
 //! /dev/null (the helper's answer holds the secret: it is never printed). The
@@ -40,6 +49,16 @@
 //! stored credential).
 
 #[cfg(unix)]
+#[path = "regent_bench/agent.rs"]
+mod agent;
+#[cfg(unix)]
+#[path = "regent_bench/ecr.rs"]
+mod ecr;
+#[cfg(unix)]
+#[path = "regent_bench/load.rs"]
+mod load;
+
+#[cfg(unix)]
 fn main() {
     if let Err(e) = bench::main() {
         eprintln!("regent-bench: {e}");
@@ -55,6 +74,7 @@ fn main() {
 
 #[cfg(unix)]
 mod bench {
+    use std::ffi::OsString;
     use std::fmt::Write as _;
     use std::fs;
     use std::io::{self, Write};
@@ -88,6 +108,25 @@ options:
   --rss-runs N      traced runs per kind for the exact peak RSS (default 20; 0: skip)
   --agent-pid PID   the agent, for its RSS (default: asked over the socket)
   --json            print one JSON object instead of the table
+  --quick           only the above (no ECR, no load section)
+
+ECR section (a fake GetAuthorizationToken on 127.0.0.1 and a second agent):
+  --no-ecr          skip it
+  --regent PATH     the agent executable (default: regent next to this program)
+  --ecr-gets N      gets in the short-lifetime run (default 10000; 0: skip that run)
+  --ecr-lifetime S  token lifetime of that run, seconds (default 6)
+
+Load section (a third agent):
+  --no-load         skip it
+  --load-runs N     rounds of store/get/list/erase per tool (default 100)
+  --parallel LIST   parallel helper counts (default 8,64,256)
+  --parallel-gets N gets per parallel level (default 2000)
+  --bulk N          credentials stored for the agent's RSS (default 10000; 0: skip)
+  --list-entries N  entries for the list latency (default 1000)
+  --list-runs N     helper list runs with that many entries (default 100)
+  --private-secret-service
+                    the session bus is a throw-away one (scripts/with-secret-service):
+                    time docker-credential-secretservice on it
 ";
 
     struct Config {
@@ -100,6 +139,12 @@ options:
         cat: PathBuf,
         agent_pid: Option<u32>,
         json: bool,
+        regent: PathBuf,
+        ecr: bool,
+        ecr_gets: usize,
+        ecr_lifetime: u64,
+        load: bool,
+        load_opts: crate::load::LoadOptions,
     }
 
     fn parse_args() -> Result<Config, String> {
@@ -117,6 +162,21 @@ options:
             cat: PathBuf::from("/bin/cat"),
             agent_pid: None,
             json: false,
+            regent: own_dir.join("regent"),
+            ecr: true,
+            ecr_gets: 10_000,
+            ecr_lifetime: 6,
+            load: true,
+            load_opts: crate::load::LoadOptions {
+                runs: 100,
+                warmup: 5,
+                parallel: vec![8, 64, 256],
+                parallel_gets: 2000,
+                bulk: 10_000,
+                list_entries: 1000,
+                list_runs: 100,
+                private_secret_service: false,
+            },
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -136,6 +196,40 @@ options:
                     cfg.agent_pid = Some(number(&value("--agent-pid")?, "--agent-pid")?)
                 }
                 "--json" => cfg.json = true,
+                "--quick" => {
+                    cfg.ecr = false;
+                    cfg.load = false;
+                }
+                "--no-ecr" => cfg.ecr = false,
+                "--no-load" => cfg.load = false,
+                "--regent" => cfg.regent = value("--regent")?.into(),
+                "--ecr-gets" => cfg.ecr_gets = number(&value("--ecr-gets")?, "--ecr-gets")?,
+                "--ecr-lifetime" => {
+                    cfg.ecr_lifetime = number(&value("--ecr-lifetime")?, "--ecr-lifetime")?
+                }
+                "--load-runs" => {
+                    cfg.load_opts.runs = number(&value("--load-runs")?, "--load-runs")?
+                }
+                "--parallel" => {
+                    cfg.load_opts.parallel = value("--parallel")?
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(|s| number(s, "--parallel"))
+                        .collect::<Result<_, _>>()?
+                }
+                "--parallel-gets" => {
+                    cfg.load_opts.parallel_gets =
+                        number(&value("--parallel-gets")?, "--parallel-gets")?
+                }
+                "--bulk" => cfg.load_opts.bulk = number(&value("--bulk")?, "--bulk")?,
+                "--list-entries" => {
+                    cfg.load_opts.list_entries =
+                        number(&value("--list-entries")?, "--list-entries")?
+                }
+                "--list-runs" => {
+                    cfg.load_opts.list_runs = number(&value("--list-runs")?, "--list-runs")?
+                }
+                "--private-secret-service" => cfg.load_opts.private_secret_service = true,
                 "-h" | "--help" => {
                     print!("{USAGE}");
                     std::process::exit(0);
@@ -149,6 +243,15 @@ options:
         if cfg.runs == 0 {
             return Err("--runs must be at least 1".into());
         }
+        if cfg.ecr_lifetime < 2 {
+            return Err("--ecr-lifetime must be at least 2 (seconds)".into());
+        }
+        if cfg.load_opts.runs == 0 {
+            return Err("--load-runs must be at least 1".into());
+        }
+        if cfg.load_opts.parallel.contains(&0) {
+            return Err("--parallel: every count must be at least 1".into());
+        }
         Ok(cfg)
     }
 
@@ -157,12 +260,45 @@ options:
             .map_err(|_| format!("{name}: {s:?} is not a non-negative integer"))
     }
 
+    /// A program to spawn: its arguments and the changes to this process's
+    /// environment (`None`: removed).
+    #[derive(Clone)]
+    pub(crate) struct Proc {
+        pub program: PathBuf,
+        pub args: Vec<String>,
+        pub env: Vec<(OsString, Option<OsString>)>,
+    }
+
+    impl Proc {
+        fn plain(program: &Path, args: &[&str]) -> Proc {
+            Proc {
+                program: program.to_path_buf(),
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                env: Vec::new(),
+            }
+        }
+
+        /// The command with its arguments and environment; stdio is the caller's.
+        pub fn command(&self) -> Command {
+            let mut cmd = Command::new(&self.program);
+            cmd.args(&self.args);
+            crate::agent::apply_env(&mut cmd, &self.env);
+            cmd
+        }
+    }
+
+    /// Progress, on stderr.
+    pub(crate) fn progress(msg: &str) {
+        eprintln!("==> {msg}");
+    }
+
     /// One kind of process that gets timed.
     struct Subject {
         name: &'static str,
         what: String,
-        program: PathBuf,
-        args: Vec<&'static str>,
+        proc: Proc,
+        /// What it reads on stdin.
+        input: Vec<u8>,
         samples: Vec<Sample>,
         failures: usize,
         /// The exact peak RSS of the program's own image (max of the traced runs), bytes.
@@ -170,19 +306,23 @@ options:
     }
 
     #[derive(Clone, Copy)]
-    struct Sample {
-        wall: Duration,
+    pub(crate) struct Sample {
+        pub wall: Duration,
         /// Peak resident set size of the child, bytes.
         max_rss: u64,
     }
 
     pub fn main() -> Result<(), String> {
         let cfg = parse_args()?;
-        for (what, path) in [
+        let mut needed = vec![
             ("helper", &cfg.helper),
             ("floor", &cfg.floor),
             ("cat", &cfg.cat),
-        ] {
+        ];
+        if cfg.ecr || cfg.load {
+            needed.push(("regent", &cfg.regent));
+        }
+        for (what, path) in needed {
             if !path.is_file() {
                 return Err(format!(
                     "{what} binary {} not found; build with `cargo build --release --workspace --bins` or pass --{what}",
@@ -191,12 +331,13 @@ options:
             }
         }
 
+        let input = cfg.server.as_bytes().to_vec();
         let mut subjects = vec![
             Subject {
                 name: "floor",
                 what: "empty Rust binary, URL on stdin".into(),
-                program: cfg.floor.clone(),
-                args: vec![],
+                proc: Proc::plain(&cfg.floor, &[]),
+                input: input.clone(),
                 samples: Vec::with_capacity(cfg.runs),
                 failures: 0,
                 exact_peak: None,
@@ -204,8 +345,8 @@ options:
             Subject {
                 name: "cat",
                 what: format!("{} reading the URL from stdin", cfg.cat.display()),
-                program: cfg.cat.clone(),
-                args: vec![],
+                proc: Proc::plain(&cfg.cat, &[]),
+                input: input.clone(),
                 samples: Vec::with_capacity(cfg.runs),
                 failures: 0,
                 exact_peak: None,
@@ -213,8 +354,8 @@ options:
             Subject {
                 name: "helper",
                 what: "docker-credential-regent get".into(),
-                program: cfg.helper.clone(),
-                args: vec!["get"],
+                proc: Proc::plain(&cfg.helper, &["get"]),
+                input: input.clone(),
                 samples: Vec::with_capacity(cfg.runs),
                 failures: 0,
                 exact_peak: None,
@@ -226,17 +367,68 @@ options:
             None => agent_pid_from_socket(),
         };
         verify(&cfg, &subjects)?;
+
+        // The ECR agent: its cached-token `get` joins the round-robin.
+        let mut ecr = None;
+        let mut ecr_note = None;
+        if cfg.ecr {
+            match crate::ecr::EcrBench::start(&cfg.regent) {
+                Ok(mut e) => {
+                    let s = Subject {
+                        name: "ecr",
+                        what: format!(
+                            "docker-credential-regent get {} (ECR token cached by the second agent)",
+                            crate::ecr::HOST
+                        ),
+                        proc: e.subject_proc(&cfg.helper),
+                        input: crate::ecr::HOST.as_bytes().to_vec(),
+                        samples: Vec::with_capacity(cfg.runs),
+                        failures: 0,
+                        exact_peak: None,
+                    };
+                    // The cold fetch happens here, before any timing.
+                    let out = run_capture(&s.proc, &s.input)?;
+                    match check_helper_answer(&out) {
+                        None => {
+                            e.mark_timing_start();
+                            subjects.push(s);
+                            ecr = Some(e);
+                        }
+                        Some(problem) => {
+                            ecr_note = Some(format!(
+                                "ECR section skipped: the ECR `get` is not fit to be timed: {problem}"
+                            ));
+                            e.stop();
+                        }
+                    }
+                }
+                Err(e) => ecr_note = Some(format!("ECR section skipped: {e}")),
+            }
+        }
+        if let Some(note) = &ecr_note {
+            progress(note);
+        }
+
         let agent_before = agent_pid.and_then(agent_memory);
         let load_before = loadavg();
 
-        let input = cfg.server.as_bytes();
+        progress(&format!(
+            "{} timed runs per kind ({}) after {} warm-up runs, round-robin",
+            cfg.runs,
+            subjects
+                .iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+            cfg.warmup
+        ));
         let n = subjects.len();
         let started = Instant::now();
         for round in 0..cfg.warmup + cfg.runs {
             for i in 0..n {
                 let s = &mut subjects[(round + i) % n];
-                let (sample, ok) = run_once(&s.program, &s.args, input)
-                    .map_err(|e| format!("cannot run {}: {e}", s.program.display()))?;
+                let (sample, ok) = run_once(&s.proc, &s.input)
+                    .map_err(|e| format!("cannot run {}: {e}", s.proc.program.display()))?;
                 if round >= cfg.warmup {
                     s.samples.push(sample);
                     if !ok {
@@ -250,7 +442,7 @@ options:
         let mut rss_note = None;
         'rss: for _ in 0..cfg.rss_runs {
             for s in subjects.iter_mut() {
-                match exact_peak_rss(&s.program, &s.args, input) {
+                match exact_peak_rss(&s.proc, &s.input) {
                     Ok(Some(peak)) => s.exact_peak = Some(s.exact_peak.unwrap_or(0).max(peak)),
                     Ok(None) => {}
                     Err(e) => {
@@ -271,6 +463,46 @@ options:
             .len();
         let helper_stripped = is_stripped(&cfg.helper);
 
+        let ecr_report = ecr.map(|e| {
+            let calls_during_timing = e.calls_during_timing();
+            let (short, note) = if cfg.ecr_gets == 0 {
+                (
+                    None,
+                    Some("short-lifetime run skipped (--ecr-gets 0)".to_owned()),
+                )
+            } else {
+                match e.short_run(
+                    &cfg.helper,
+                    Duration::from_secs(cfg.ecr_lifetime),
+                    cfg.ecr_gets,
+                ) {
+                    Ok(r) => (Some(r), None),
+                    Err(err) => (None, Some(format!("short-lifetime run failed: {err}"))),
+                }
+            };
+            let report = crate::ecr::EcrReport {
+                agent_pid: e.agent_pid(),
+                calls_during_timing,
+                total_calls: e.total_calls(),
+                short,
+                note,
+            };
+            e.stop();
+            report
+        });
+
+        let (load, load_note) = if cfg.load {
+            match crate::load::run(&cfg.load_opts, &cfg.regent, &cfg.helper, &cfg.floor) {
+                Ok(r) => (Some(r), None),
+                Err(e) => (None, Some(format!("load section failed: {e}"))),
+            }
+        } else {
+            (None, None)
+        };
+        if let Some(note) = &load_note {
+            progress(note);
+        }
+
         let report = Report {
             cfg: &cfg,
             subjects: &subjects,
@@ -283,6 +515,10 @@ options:
             load_before,
             load_after,
             rss_note,
+            ecr: ecr_report,
+            ecr_note,
+            load,
+            load_note,
         };
         let out = if cfg.json {
             let mut s = serde_json::to_string_pretty(&report.json()).map_err(|e| e.to_string())?;
@@ -296,9 +532,22 @@ options:
             .map_err(|e| format!("cannot write the report: {e}"))
     }
 
+    /// Runs `proc` with `input` on stdin; its output (stdout and stderr piped).
+    pub(crate) fn run_capture(proc: &Proc, input: &[u8]) -> Result<std::process::Output, String> {
+        let (reader, mut writer) = io::pipe().map_err(|e| e.to_string())?;
+        writer.write_all(input).map_err(|e| e.to_string())?;
+        drop(writer);
+        proc.command()
+            .stdin(reader)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", proc.program.display()))
+    }
+
     /// Spawns `program args` once with `input` on stdin and stdout/stderr on
     /// /dev/null; returns its wall time and peak RSS, and whether it exited 0.
-    fn run_once(program: &Path, args: &[&str], input: &[u8]) -> io::Result<(Sample, bool)> {
+    pub(crate) fn run_once(proc: &Proc, input: &[u8]) -> io::Result<(Sample, bool)> {
         // Fill the pipe before the spawn: the input is far below the pipe's
         // capacity, so the write cannot block and is not part of the timing.
         let (reader, mut writer) = io::pipe()?;
@@ -306,8 +555,8 @@ options:
         drop(writer);
 
         let start = Instant::now();
-        let child = Command::new(program)
-            .args(args)
+        let child = proc
+            .command()
             .stdin(reader)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -361,16 +610,15 @@ options:
     /// process ended without that stop; `Err` (with the reason) when tracing
     /// is not possible here at all.
     #[cfg(target_os = "linux")]
-    fn exact_peak_rss(program: &Path, args: &[&str], input: &[u8]) -> Result<Option<u64>, String> {
+    fn exact_peak_rss(proc: &Proc, input: &[u8]) -> Result<Option<u64>, String> {
         use std::os::unix::process::CommandExt;
         use std::ptr;
 
         let (reader, mut writer) = io::pipe().map_err(|e| e.to_string())?;
         writer.write_all(input).map_err(|e| e.to_string())?;
         drop(writer);
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(reader)
+        let mut cmd = proc.command();
+        cmd.stdin(reader)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         // SAFETY: the hook runs in the child between fork and exec and makes
@@ -448,7 +696,7 @@ options:
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn exact_peak_rss(_: &Path, _: &[&str], _: &[u8]) -> Result<Option<u64>, String> {
+    fn exact_peak_rss(_: &Proc, _: &[u8]) -> Result<Option<u64>, String> {
         Err("the exact peak RSS needs Linux (ptrace + /proc); only the wait4 upper bound is reported".into())
     }
 
@@ -457,18 +705,14 @@ options:
     /// credential and not "not found". Prints no secret.
     fn verify(cfg: &Config, subjects: &[Subject]) -> Result<(), String> {
         for s in subjects {
-            let (reader, mut writer) = io::pipe().map_err(|e| e.to_string())?;
-            writer
-                .write_all(cfg.server.as_bytes())
-                .map_err(|e| e.to_string())?;
-            drop(writer);
-            let out = Command::new(&s.program)
-                .args(&s.args)
-                .stdin(reader)
-                .output()
-                .map_err(|e| format!("cannot run {}: {e}", s.program.display()))?;
+            let out = run_capture(&s.proc, &s.input)?;
             let problem = match s.name {
-                "helper" => check_helper_answer(cfg, &out),
+                "helper" => check_helper_answer(&out).map(|p| {
+                    format!(
+                        "{p}. Is an agent running with a credential stored for {:?}? (scripts/bench sets that up)",
+                        cfg.server
+                    )
+                }),
                 "cat" if out.stdout != cfg.server.as_bytes() => {
                     Some("it did not echo its stdin".to_owned())
                 }
@@ -485,16 +729,16 @@ options:
         Ok(())
     }
 
-    fn check_helper_answer(cfg: &Config, out: &std::process::Output) -> Option<String> {
+    /// What is wrong with a helper `get`'s answer, if anything. Prints no secret.
+    fn check_helper_answer(out: &std::process::Output) -> Option<String> {
         if !out.status.success() {
             // A failing helper prints one error line on stdout and never a
             // secret; show both streams, shortened.
             return Some(format!(
-                "`get` exited with {}; stdout: {:?}; stderr: {:?}. Is an agent running with a credential stored for {:?}? (scripts/bench sets that up)",
+                "`get` exited with {}; stdout: {:?}; stderr: {:?}",
                 out.status,
                 shorten(&out.stdout),
                 shorten(&out.stderr),
-                cfg.server
             ));
         }
         // Success: stdout holds the secret. Look at it, never print it.
@@ -509,7 +753,7 @@ options:
         }
     }
 
-    fn shorten(bytes: &[u8]) -> String {
+    pub(crate) fn shorten(bytes: &[u8]) -> String {
         let s = String::from_utf8_lossy(bytes);
         let s = s.trim();
         match s.char_indices().nth(200) {
@@ -527,13 +771,13 @@ options:
     }
 
     #[derive(Clone, Copy)]
-    struct AgentMemory {
-        rss: u64,
-        peak: u64,
+    pub(crate) struct AgentMemory {
+        pub rss: u64,
+        pub peak: u64,
     }
 
     /// VmRSS and VmHWM of a process, bytes (Linux /proc only).
-    fn agent_memory(pid: u32) -> Option<AgentMemory> {
+    pub(crate) fn agent_memory(pid: u32) -> Option<AgentMemory> {
         Some(AgentMemory {
             rss: process_status_bytes(pid, "VmRSS:")?,
             peak: process_status_bytes(pid, "VmHWM:")?,
@@ -589,7 +833,7 @@ options:
     }
 
     /// Nearest-rank percentile of sorted values.
-    fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
         if sorted.is_empty() {
             return Duration::ZERO;
         }
@@ -597,15 +841,15 @@ options:
         sorted[rank.clamp(1, sorted.len()) - 1]
     }
 
-    fn ms(d: Duration) -> f64 {
+    pub(crate) fn ms(d: Duration) -> f64 {
         d.as_secs_f64() * 1e3
     }
 
-    fn mb(bytes: u64) -> f64 {
+    pub(crate) fn mb(bytes: u64) -> f64 {
         bytes as f64 / 1e6
     }
 
-    fn mark(pass: bool) -> &'static str {
+    pub(crate) fn mark(pass: bool) -> &'static str {
         if pass { "PASS" } else { "MISS" }
     }
 
@@ -622,6 +866,10 @@ options:
         load_after: Option<String>,
         /// Why there is no exact peak RSS, when there is none.
         rss_note: Option<String>,
+        ecr: Option<crate::ecr::EcrReport>,
+        ecr_note: Option<String>,
+        load: Option<crate::load::LoadReport>,
+        load_note: Option<String>,
     }
 
     impl Report<'_> {
@@ -767,6 +1015,23 @@ options:
                     let _ = writeln!(o, "agent RSS: unknown (no agent pid: pass --agent-pid)");
                 }
             }
+            if let Some(ecr) = &self.ecr {
+                ecr.text(
+                    &mut o,
+                    ms(self.stats_of("ecr").median),
+                    ms(self.stats_of("helper").median),
+                    ms(self.stats_of("floor").median),
+                );
+            }
+            if let Some(note) = &self.ecr_note {
+                let _ = writeln!(o, "\n{note}");
+            }
+            if let Some(load) = &self.load {
+                load.text(&mut o);
+            }
+            if let Some(note) = &self.load_note {
+                let _ = writeln!(o, "\n{note}");
+            }
             o
         }
 
@@ -814,6 +1079,13 @@ options:
                 "agent_rss_before_bytes": self.agent_before.map(|m| m.rss),
                 "agent_rss_after_bytes": agent_rss,
                 "agent_peak_rss_bytes": self.agent_after.map(|m| m.peak),
+                "ecr": self.ecr.as_ref().map(|e| e.json(
+                    ms(self.stats_of("ecr").median),
+                    ms(self.stats_of("helper").median),
+                )),
+                "ecr_note": self.ecr_note,
+                "load": self.load.as_ref().map(crate::load::LoadReport::json),
+                "load_note": self.load_note,
                 "targets": {
                     "median_ratio": {"limit": TARGET_RATIO, "value": ratio, "pass": ratio <= TARGET_RATIO},
                     "helper_size_bytes": {"limit": TARGET_HELPER_SIZE, "value": self.helper_size, "pass": self.helper_size < TARGET_HELPER_SIZE},
