@@ -278,6 +278,39 @@ fn a_socket_directory_owned_by_someone_else_is_refused() {
     std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
 }
 
+#[test]
+fn a_symlinked_socket_directory_is_refused() {
+    let env = TestEnv::new();
+    let dir = env.socket_dir();
+    // Someone points the socket directory elsewhere (a private directory, so
+    // only the link itself is wrong).
+    let elsewhere = env.root.join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o700)).unwrap();
+    let _ = fs::remove_dir_all(&dir);
+    std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+
+    let out = env.helper(&["get"], "link.example");
+    assert!(
+        out.code() == Some(1) && out.out_trim() == NOT_FOUND,
+        "get with a symlinked socket directory: not found on stdout\n{out}"
+    );
+    assert!(
+        out.stderr().contains("symlink") || out.stderr().contains("symbolic link"),
+        "get should say why on stderr\n{out}"
+    );
+    let out = env.helper(
+        &["store"],
+        TestEnv::store_json("link.example", "u", "s3cr3t"),
+    );
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert_eq!(out.out_lines().len(), 1, "{out}");
+    assert!(
+        fs::read_dir(&elsewhere).unwrap().next().is_none(),
+        "an agent used the directory behind the link"
+    );
+}
+
 /// Stores, reads, lists and erases `secrets` through the helper and the CLI.
 fn exercise(env: &TestEnv, tag: &str, secrets: &[String]) -> Vec<regent_tests::Outcome> {
     let mut outs = Vec::new();
