@@ -185,3 +185,47 @@ fn a_frozen_secret_service_does_not_hang_cached_gets_or_stores() {
     assert_eq!(env.get_ok(&host).secret, "frozen-cached");
     kill(ss.daemon, libc::SIGCONT);
 }
+
+#[test]
+fn a_locked_keyring_keeps_serving_cached_gets_and_says_how_to_unlock() {
+    let test = "a_locked_keyring_keeps_serving_cached_gets_and_says_how_to_unlock";
+    let Some(ss) = SecretService::start(test) else {
+        return;
+    };
+    let env = keyring_env(&ss);
+    let host = unique_host("sslocked");
+    env.store_ok(&host, "u", "locked-cached");
+
+    // Lock every collection, as a screen lock or `secret-tool lock` would.
+    let locked = Command::new("dbus-send")
+        .env("DBUS_SESSION_BUS_ADDRESS", &ss.address)
+        .args([
+            "--session",
+            "--print-reply",
+            "--dest=org.freedesktop.secrets",
+            "/org/freedesktop/secrets",
+            "org.freedesktop.Secret.Service.Lock",
+            "array:objpath:/org/freedesktop/secrets/collection/login,/org/freedesktop/secrets/aliases/default",
+        ])
+        .output()
+        .expect("dbus-send");
+    assert!(
+        locked.status.success(),
+        "locking the keyring failed: {}",
+        String::from_utf8_lossy(&locked.stderr)
+    );
+
+    assert_eq!(env.get_ok(&host).secret, "locked-cached");
+    let out = env.helper(
+        &["store"],
+        TestEnv::store_json(&unique_host("locked-after"), "u", "x"),
+    );
+    eprintln!("store into a locked keyring: {}", out.stdout().trim());
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert_eq!(out.out_lines().len(), 1, "{out}");
+    assert!(
+        out.stdout().contains("unlock") || out.stdout().contains("REGENT_STORE=file"),
+        "the error should say what to do\n{out}"
+    );
+    assert_eq!(env.get_ok(&host).secret, "locked-cached");
+}
