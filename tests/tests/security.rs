@@ -488,3 +488,58 @@ fn the_agent_disables_core_dumps_and_locks_its_memory() {
         assert!(log.contains("not locked: RLIMIT_MEMLOCK"), "{log}");
     }
 }
+
+#[test]
+fn secrets_never_reach_argv_or_the_environment_of_any_process() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let env = TestEnv::new();
+    let secrets = distinct_secrets();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let scans = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Scan every process's argv and environment while the secrets pass
+    // through the helper and the agent.
+    let scanner = {
+        let stop = stop.clone();
+        let seen = seen.clone();
+        let scans = scans.clone();
+        let secrets = secrets.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                for entry in fs::read_dir("/proc").unwrap().flatten() {
+                    let name = entry.file_name();
+                    if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                        continue;
+                    }
+                    for file in ["cmdline", "environ"] {
+                        let Ok(bytes) = fs::read(entry.path().join(file)) else {
+                            continue;
+                        };
+                        for s in &secrets {
+                            if contains(&bytes, s.as_bytes()) {
+                                seen.lock()
+                                    .unwrap()
+                                    .push(format!("/proc/{}/{file}", name.to_string_lossy()));
+                            }
+                        }
+                    }
+                }
+                scans.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    for round in 0..5 {
+        for (i, s) in secrets.iter().enumerate() {
+            let host = format!("argv{round}-{i}.example");
+            env.store_ok(&host, "u", s);
+            assert_eq!(&env.get_ok(&host).secret, s);
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    scanner.join().unwrap();
+    assert!(scans.load(Ordering::SeqCst) > 0, "the scanner never ran");
+    let seen = seen.lock().unwrap();
+    assert!(seen.is_empty(), "secrets seen in: {seen:?}");
+}
