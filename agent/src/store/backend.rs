@@ -5,6 +5,7 @@
 //! [`super::index::Index`]. Every method blocks (D-Bus, syscalls, fsync): the
 //! agent calls them from `spawn_blocking` or its writer thread only.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use regent_shared::Secret;
@@ -92,4 +93,24 @@ pub trait Backend: Send + Sync {
     fn load_all(&self) -> Result<Option<Vec<(String, Secret)>>, StoreError> {
         Ok(None)
     }
+}
+
+/// Applies `ops` in order to an in-memory map of secrets: the memory
+/// backend's store, and the file backend's copy once its file is written.
+pub(super) fn apply_to_map(map: &mut HashMap<String, Secret>, ops: &[Op]) {
+    for op in ops {
+        match op {
+            Op::Set(key, secret) => {
+                map.insert(key.clone(), secret.clone());
+            }
+            Op::Delete(key) => {
+                map.remove(key);
+            }
+        }
+    }
+}
+
+/// Every secret of an in-memory map, for [`Backend::load_all`].
+pub(super) fn snapshot(map: &HashMap<String, Secret>) -> Vec<(String, Secret)> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }

@@ -61,7 +61,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::atomic::{create_new_atomic, write_atomic};
-use super::backend::{Backend, Op, StoreError, StoreKind};
+use super::backend::{Backend, Op, StoreError, StoreKind, apply_to_map, snapshot};
 use super::keyring::{KeyringBackend, OS_KEYRING_NAME, probe, run_with_timeout};
 
 /// The encrypted file, in the data directory.
@@ -343,16 +343,7 @@ impl Backend for FileBackend {
             write_atomic(&self.path, &sealed)?;
         }
         // Durable: now the memory copy may follow.
-        for op in ops {
-            match op {
-                Op::Set(key, secret) => {
-                    secrets.insert(key.clone(), secret.clone());
-                }
-                Op::Delete(key) => {
-                    secrets.remove(key);
-                }
-            }
-        }
+        apply_to_map(&mut secrets, ops);
         Ok(())
     }
 
@@ -361,13 +352,7 @@ impl Backend for FileBackend {
     }
 
     fn load_all(&self) -> Result<Option<Vec<(String, Secret)>>, StoreError> {
-        let secrets = self.lock();
-        Ok(Some(
-            secrets
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ))
+        Ok(Some(snapshot(&self.lock())))
     }
 }
 

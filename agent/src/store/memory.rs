@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use regent_shared::Secret;
 
-use super::backend::{Backend, Op, StoreError, StoreKind};
+use super::backend::{Backend, Op, StoreError, StoreKind, apply_to_map, snapshot};
 
 #[derive(Default)]
 pub struct MemoryBackend {
@@ -40,16 +40,7 @@ impl Backend for MemoryBackend {
 
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
         let mut secrets = self.lock();
-        for op in ops {
-            match op {
-                Op::Set(key, secret) => {
-                    secrets.insert(key.clone(), secret.clone());
-                }
-                Op::Delete(key) => {
-                    secrets.remove(key);
-                }
-            }
-        }
+        apply_to_map(&mut secrets, ops);
         Ok(())
     }
 
@@ -58,13 +49,7 @@ impl Backend for MemoryBackend {
     }
 
     fn load_all(&self) -> Result<Option<Vec<(String, Secret)>>, StoreError> {
-        let secrets = self.lock();
-        Ok(Some(
-            secrets
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ))
+        Ok(Some(snapshot(&self.lock())))
     }
 }
 
