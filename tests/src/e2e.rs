@@ -698,6 +698,27 @@ impl E2e {
         program(&["/usr/bin/docker"], "docker").unwrap_or_else(|| PathBuf::from("docker"))
     }
 
+    /// `docker login -u USER --password-stdin <addr>` against `daemon`.
+    pub fn docker_login(&self, daemon: &Dockerd, addr: &str, password: &str) -> Outcome {
+        let stdin = format!("{password}\n");
+        self.docker(
+            daemon,
+            &["login", "-u", USER, "--password-stdin", addr],
+            Some(stdin.as_bytes()),
+        )
+    }
+
+    /// `<tool> login -u USER --password-stdin <addr>` (podman, buildah,
+    /// skopeo).
+    pub fn login(&self, tool: &str, addr: &str, password: &str) -> Outcome {
+        let stdin = format!("{password}\n");
+        self.client(
+            tool,
+            &["login", "-u", USER, "--password-stdin", addr],
+            Some(stdin.as_bytes()),
+        )
+    }
+
     /// `docker <args>` against `daemon`.
     pub fn docker(&self, daemon: &Dockerd, args: &[&str], input: Option<&[u8]>) -> Outcome {
         self.run(

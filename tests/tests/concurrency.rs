@@ -2,28 +2,9 @@
 //! (protocol.md C23), no lost updates.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Barrier;
-use std::thread;
 use std::time::Duration;
 
-use regent_tests::{Outcome, TestEnv, wait_until};
-
-/// Runs `f(i)` for `0..n` on `n` threads released at the same moment.
-fn all_at_once<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let barrier = Barrier::new(n);
-    thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .map(|i| {
-                let (f, barrier) = (&f, &barrier);
-                s.spawn(move || {
-                    barrier.wait();
-                    f(i)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
-}
+use regent_tests::{Outcome, TestEnv, all_at_once, wait_until};
 
 fn assert_one_agent(env: &TestEnv) {
     let pid = env

@@ -16,12 +16,7 @@ fn e2e_docker_login_serves_podman_pull() {
     let image = reg.image("e2e/from-docker", "1");
 
     let m = e.mark();
-    let stdin = format!("{}\n", reg.password);
-    let out = e.docker(
-        &d,
-        &["login", "-u", USER, "--password-stdin", addr],
-        Some(stdin.as_bytes()),
-    );
+    let out = e.docker_login(&d, addr, &reg.password);
     e.ok(&out, "docker login");
     e.assert_stored(&m, addr, "docker login");
     let tar = e.tiny_tar.to_string_lossy().into_owned();
@@ -75,12 +70,7 @@ fn e2e_podman_login_serves_docker_pull() {
     let image = reg.image("e2e/from-podman", "1");
 
     let m = e.mark();
-    let stdin = format!("{}\n", reg.password);
-    let out = e.client(
-        "podman",
-        &["login", "-u", USER, "--password-stdin", addr],
-        Some(stdin.as_bytes()),
-    );
+    let out = e.login("podman", addr, &reg.password);
     e.ok(&out, "podman login");
     e.assert_stored(&m, addr, "podman login");
     e.podman_import(&image);

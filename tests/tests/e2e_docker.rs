@@ -50,12 +50,7 @@ fn e2e_docker_login_push_pull_logout() {
 
     // docker login: `store` through the helper; config.json keeps no secret.
     let m = e.mark();
-    let stdin = format!("{}\n", reg.password);
-    let out = e.docker(
-        &d,
-        &["login", "-u", USER, "--password-stdin", addr],
-        Some(stdin.as_bytes()),
-    );
+    let out = e.docker_login(&d, addr, &reg.password);
     e.ok(&out, "docker login");
     assert!(out.stdout().contains("Login Succeeded"), "{out}");
     e.assert_stored(&m, addr, "docker login");
@@ -137,22 +132,13 @@ fn e2e_docker_wrong_password_fails_and_is_not_stored() {
 
     // A wrong password: the login fails and the helper is never asked to store.
     let m = e.mark();
-    let out = e.docker(
-        &d,
-        &["login", "-u", USER, "--password-stdin", addr],
-        Some(b"not-the-password\n"),
-    );
+    let out = e.docker_login(&d, addr, "not-the-password");
     e.fails_with(&out, "docker login with a wrong password", AUTH_FAILED);
     e.assert_no_store(&m, "docker login with a wrong password");
     e.assert_holds_nothing(addr);
 
     // The right one works, and a push authenticates with it.
-    let stdin = format!("{}\n", reg.password);
-    let out = e.docker(
-        &d,
-        &["login", "-u", USER, "--password-stdin", addr],
-        Some(stdin.as_bytes()),
-    );
+    let out = e.docker_login(&d, addr, &reg.password);
     e.ok(&out, "docker login");
     let out = e.docker(&d, &["import", &tar(&e), &image], None);
     e.ok(&out, "docker import");
@@ -178,12 +164,7 @@ fn e2e_docker_classic_build_lists_then_gets_each_key() {
     let addr = reg.addr.as_str();
     let base = reg.image("e2e/base", "1");
 
-    let stdin = format!("{}\n", reg.password);
-    let out = e.docker(
-        &d,
-        &["login", "-u", USER, "--password-stdin", addr],
-        Some(stdin.as_bytes()),
-    );
+    let out = e.docker_login(&d, addr, &reg.password);
     e.ok(&out, "docker login");
     let out = e.docker(&d, &["import", &tar(&e), &base], None);
     e.ok(&out, "docker import");

@@ -15,21 +15,11 @@ const AUTH_FAILED: &[&str] = &[
     "requested access to the resource is denied",
 ];
 
-/// `<tool> login -u USER --password-stdin <addr>` with `password`.
-fn login(e: &E2e, tool: &str, addr: &str, password: &str) -> regent_tests::Outcome {
-    let stdin = format!("{password}\n");
-    e.client(
-        tool,
-        &["login", "-u", USER, "--password-stdin", addr],
-        Some(stdin.as_bytes()),
-    )
-}
-
 /// Logs in with `tool` and checks: `get` first, then `store`, the secret in
 /// regent and in no auth file.
 fn login_ok(e: &E2e, tool: &str, addr: &str, password: &str) {
     let m = e.mark();
-    let out = login(e, tool, addr, password);
+    let out = e.login(tool, addr, password);
     e.ok(&out, &format!("{tool} login"));
     assert!(out.stdout().contains("Login Succeeded"), "{out}");
     let calls = e.calls_since(&m);
@@ -123,7 +113,7 @@ fn e2e_podman_wrong_password_fails_and_is_not_stored() {
     let image = reg.image("e2e/wrong", "1");
 
     let m = e.mark();
-    let out = login(&e, "podman", addr, "not-the-password");
+    let out = e.login("podman", addr, "not-the-password");
     e.fails_with(&out, "podman login with a wrong password", AUTH_FAILED);
     e.assert_no_store(&m, "podman login with a wrong password");
     e.assert_holds_nothing(addr);

@@ -8,14 +8,13 @@
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use regent_tests::fake_ecr::{
     FakeEcr, PRIVATE_TARGET, PUBLIC_TARGET, ROLE_KEY_ID, Reply, test_keys,
 };
-use regent_tests::{Input, Outcome, TestEnv, wait_until};
+use regent_tests::{Input, Outcome, TestEnv, all_at_once, wait_until};
 
 const HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
 const HOST2: &str = "210987654321.dkr.ecr.us-east-1.amazonaws.com";
@@ -105,23 +104,6 @@ impl Aws {
         eprintln!("error: {text}");
         text
     }
-}
-
-/// Runs `f(i)` for `0..n` on `n` threads released at the same moment.
-fn all_at_once<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let barrier = Barrier::new(n);
-    thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .map(|i| {
-                let (f, barrier) = (&f, &barrier);
-                s.spawn(move || {
-                    barrier.wait();
-                    f(i)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
 }
 
 #[test]
