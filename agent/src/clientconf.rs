@@ -15,6 +15,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
+use regent_shared::paths;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -26,7 +27,7 @@ pub const BACKUP_SUFFIX: &str = ".regent-bak";
 pub fn docker_config_path() -> PathBuf {
     match std::env::var_os("DOCKER_CONFIG").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir).join("config.json"),
-        None => home().join(".docker").join("config.json"),
+        None => paths::home().join(".docker").join("config.json"),
     }
 }
 
@@ -34,7 +35,7 @@ pub fn docker_config_path() -> PathBuf {
 pub fn containers_config_dir() -> PathBuf {
     match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir).join("containers"),
-        None => home().join(".config").join("containers"),
+        None => paths::home().join(".config").join("containers"),
     }
 }
 
@@ -49,20 +50,12 @@ pub fn containers_auth_paths() -> Vec<PathBuf> {
         Some(dir) => out.push(PathBuf::from(dir).join("containers").join("auth.json")),
         None => out.push(PathBuf::from(format!(
             "/run/containers/{}/auth.json",
-            regent_shared::paths::current_uid()
+            paths::current_uid()
         ))),
     }
     out.push(containers_config_dir().join("auth.json"));
     out.dedup();
     out
-}
-
-/// `$HOME`, or `/` when unset.
-pub fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"))
 }
 
 /// A JSON config file as read: `None` contents when it does not exist.

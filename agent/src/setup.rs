@@ -179,17 +179,7 @@ fn detect_clients(undo: bool) -> Vec<Client> {
 }
 
 fn on_path(program: &str) -> bool {
-    find_on_path(program).is_some()
-}
-
-fn find_on_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| {
-            use std::os::unix::fs::PermissionsExt;
-            fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+    regent_shared::paths::find_on_path(program).is_some()
 }
 
 fn check_helper_on_path() {
@@ -394,7 +384,7 @@ fn undo_docker(state: &mut State, dry_run: bool) -> anyhow::Result<()> {
 /// `XDG_CONFIG_HOME`. When the two differ, regent writes both.
 pub fn dropin_paths() -> Vec<PathBuf> {
     let mut out = vec![
-        clientconf::home()
+        regent_shared::paths::home()
             .join(".config/containers/registries.conf.d")
             .join(DROPIN_NAME),
         clientconf::containers_config_dir()

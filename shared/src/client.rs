@@ -485,8 +485,5 @@ pub fn agent_exe_near(own_exe: Option<&Path>) -> Option<PathBuf> {
             return Some(candidate);
         }
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    paths::find_on_path(name)
 }

@@ -75,11 +75,33 @@ pub fn pid_file_path(socket: &Path) -> PathBuf {
     runtime_dir(socket).join("agent.pid")
 }
 
-fn home() -> PathBuf {
+/// The user's home: `$HOME` (`%USERPROFILE%` on Windows), or `.` when
+/// neither is set.
+pub fn home() -> PathBuf {
     env::var_os("HOME")
+        .filter(|v| !v.is_empty())
         .or_else(|| env::var_os("USERPROFILE"))
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The first executable file called `name` in a directory of `$PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH")?;
+    env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+#[cfg(unix)]
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_executable(path: &Path) -> bool {
+    path.is_file()
 }
 
 fn xdg(var: &str, unix_default: &str, windows_var: &str) -> PathBuf {
