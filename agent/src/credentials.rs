@@ -6,11 +6,28 @@
 //! backend that cannot hand over all its secrets at start-up, such as the OS
 //! keyring) is read from the backend once and then kept.
 //!
+//! Each backend value is a whole login ([`record`]): server URL, username and
+//! secret in one value, written by one backend call. So after any crash a key
+//! holds wholly the old or wholly the new login, and the index, which serves
+//! `list` and `regent ls` without touching the keyring, can be checked
+//! against the store:
+//!
+//! - **file, memory** hand over every record at start-up ([`Backend::load_all`]).
+//!   The table is built from the records; the index is corrected to match
+//!   them (an entry whose record is gone is dropped, a record without an
+//!   entry gets one) and rebuilt when it is missing. A write goes to the
+//!   backend first; the index follows as a cache.
+//! - **keyring, keyutils** are read one key at a time, so the index cannot be
+//!   checked whole at start-up. A write is first recorded in the index as
+//!   pending (write-ahead), then made in the backend. At start-up each
+//!   pending key (at most the one write in flight at a crash) is read back
+//!   and its entry set to what the backend holds.
+//!
 //! Writes go through one owner, the writer thread, in arrival order. It
-//! applies each batch durably (backend first, then the index) and only then
-//! updates the table and acknowledges. When several writes are waiting, an
-//! atomic backend (the encrypted file, memory) gets them as one batch: one
-//! encryption and one fsync for all of them.
+//! applies each batch durably and only then updates the table and
+//! acknowledges. When several writes are waiting, an atomic backend (the
+//! encrypted file, memory) gets them as one batch: one encryption and one
+//! fsync for all of them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc as std_mpsc;
@@ -19,11 +36,12 @@ use std::thread;
 use std::time::Duration;
 
 use regent_shared::Secret;
-use regent_shared::protocol::EntryInfo;
+use regent_shared::protocol::{EntryInfo, MAX_FRAME, Response};
 use tokio::sync::oneshot;
 
 use crate::secrets;
-use crate::store::index::{Index, IndexEntry};
+use crate::store::index::{Index, IndexEntry, Pending};
+use crate::store::record::{self, Decoded};
 use crate::store::{Backend, Op, StoreError, StoreKind};
 
 /// The longest a backend read may take before a `get` gives up on it.
@@ -36,6 +54,10 @@ const WRITE_ACK_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How many queued writes the writer takes in one batch at most.
 const MAX_BATCH: usize = 256;
+
+/// Room kept in a `Credentials` frame for a `get` that names the registry
+/// in a longer form than the one stored (`https://host/` for `host`).
+const SERVER_URL_ROOM: usize = 1024;
 
 /// A credential as the agent serves it.
 pub struct Credential {
@@ -86,30 +108,26 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Loads the index (and, where the backend allows, every secret) and starts
-    /// the writer thread.
-    pub fn open(backend: Arc<dyn Backend>, index: Index) -> Result<Credentials, StoreError> {
-        let mut secrets: HashMap<String, Secret> = backend
-            .load_all()?
-            .map(|all| all.into_iter().collect())
-            .unwrap_or_default();
-        let table: HashMap<String, Entry> = index
-            .iter()
-            .map(|(key, meta)| {
-                let entry = Entry {
-                    meta: meta.clone(),
-                    secret: secrets.remove(key),
-                    generation: 0,
-                };
-                (key.clone(), entry)
-            })
-            .collect();
-        if !secrets.is_empty() {
-            tracing::debug!(
-                count = secrets.len(),
-                "secrets without an index entry are ignored (an interrupted store)"
-            );
-        }
+    /// Loads the index (and, where the backend allows, every record),
+    /// checks one against the other, and starts the writer thread.
+    pub fn open(backend: Arc<dyn Backend>, mut index: Index) -> Result<Credentials, StoreError> {
+        let table = match backend.load_all()? {
+            Some(all) => from_records(&*backend, &mut index, all)?,
+            None => {
+                resolve_pending(&*backend, &mut index);
+                index
+                    .iter()
+                    .map(|(key, meta)| {
+                        let entry = Entry {
+                            meta: meta.clone(),
+                            secret: None,
+                            generation: 0,
+                        };
+                        (key.clone(), entry)
+                    })
+                    .collect()
+            }
+        };
         let table = Arc::new(RwLock::new(table));
         let (tx, rx) = std_mpsc::channel();
         let writer = Writer {
@@ -200,20 +218,47 @@ impl Credentials {
                 )));
             }
         };
+        let loaded = match loaded.map(record::decode) {
+            None => None,
+            Some(Ok(decoded)) => Some(decoded),
+            Some(Err(why)) => {
+                return Err(StoreError::Corrupt(format!(
+                    "the entry for {key} in {} cannot be read ({why}); remove it \
+                     (`docker logout {key}`) and log in again",
+                    self.backend.location()
+                )));
+            }
+        };
         let mut table = self.table.write().expect("table lock");
         let Some(entry) = table.get_mut(key) else {
             return Ok(None);
         };
+        let fresh = entry.generation == generation && entry.secret.is_none();
         match loaded {
-            Some(secret) => {
-                if entry.generation == generation && entry.secret.is_none() {
+            Some(Decoded::Login(login)) => {
+                if fresh {
+                    // The record is the whole login: it wins over the index.
+                    entry.meta.server_url = login.server_url;
+                    entry.meta.username = login.username;
+                    entry.secret = Some(login.secret);
+                    return Ok(Some(Credential {
+                        username: entry.meta.username.clone(),
+                        secret: entry.secret.clone().expect("just set"),
+                    }));
+                }
+                Ok(current(entry).or(Some(Credential {
+                    username: login.username,
+                    secret: login.secret,
+                })))
+            }
+            Some(Decoded::Legacy(secret)) => {
+                if fresh {
                     entry.secret = Some(secret.clone());
                 }
-                let secret = entry.secret.clone().unwrap_or(secret);
-                Ok(Some(Credential {
+                Ok(current(entry).or(Some(Credential {
                     username: entry.meta.username.clone(),
                     secret,
-                }))
+                })))
             }
             None => {
                 tracing::warn!(key, "indexed credential is missing from the backend");
@@ -230,6 +275,15 @@ impl Credentials {
         username: String,
         secret: Secret,
     ) -> Result<(), String> {
+        let sent_back = credentials_frame_len(&server_url, &username, &secret);
+        let limit = MAX_FRAME - SERVER_URL_ROOM;
+        if sent_back > limit {
+            return Err(format!(
+                "the login is {sent_back} bytes as `get` would send it back (the secret is {} \
+                 bytes), more than the {limit} bytes that fit in one answer; nothing was stored",
+                secret.len()
+            ));
+        }
         self.submit(Write::Store {
             key,
             server_url,
@@ -325,13 +379,12 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: Vec<Job>) {
-        let ops: Vec<Op> = batch.iter().map(|job| to_op(&job.write)).collect();
-        let result = self
-            .backend
-            .apply(&ops)
-            .map_err(|e| e.to_string())
-            .and_then(|()| self.update_index(&batch));
-        drop(ops);
+        let now = now_unix();
+        let result = if self.backend.is_atomic() {
+            self.commit_atomic(&batch, now)
+        } else {
+            self.commit_logged(&batch, now)
+        };
         match &result {
             Ok(()) => {
                 tracing::debug!(writes = batch.len(), "batch committed");
@@ -344,53 +397,145 @@ impl Writer {
         }
     }
 
-    fn update_index(&mut self, batch: &[Job]) -> Result<(), String> {
-        // What each changed key held before, to put back if the index
-        // cannot be saved (not a clone of the whole index: that would make
-        // every store cost as much as the number of credentials).
-        let mut undo: Vec<(String, Option<IndexEntry>)> = Vec::with_capacity(batch.len());
-        let now = now_unix();
+    /// File and memory: the backend first, all or nothing; the index then
+    /// follows as a cache of the records, so failing to save it does not
+    /// fail the write (the next start corrects it from the records).
+    fn commit_atomic(&mut self, batch: &[Job], now: i64) -> Result<(), String> {
+        let ops = self.ops(batch, now);
+        self.backend.apply(&ops).map_err(|e| e.to_string())?;
+        drop(ops);
+        let undo = self.update_index(batch, now, false);
+        drop(undo);
+        if let Err(e) = self.index.save() {
+            tracing::warn!(
+                error = %e,
+                "the index could not be saved; the store has the write, and the next start \
+                 rebuilds the index from it"
+            );
+        }
+        Ok(())
+    }
+
+    /// Keyring and keyutils: the write is recorded in the index as pending
+    /// before the backend is touched, so that a crash in between is found
+    /// and resolved at the next start. Once the backend confirms, the marks
+    /// are cleared in memory; the next save writes that down.
+    fn commit_logged(&mut self, batch: &[Job], now: i64) -> Result<(), String> {
+        let undo = self.update_index(batch, now, true);
+        if let Err(e) = self.index.save() {
+            self.rollback(undo);
+            return Err(e.to_string());
+        }
+        let ops = self.ops(batch, now);
+        if let Err(e) = self.backend.apply(&ops) {
+            self.rollback(undo);
+            return Err(e.to_string());
+        }
         for job in batch {
+            let key = job.write.key();
             match &job.write {
+                Write::Store { .. } => {
+                    if let Some(entry) = self.index.get_mut(key) {
+                        entry.pending = None;
+                    }
+                }
+                Write::Erase { .. } => {
+                    self.index.remove(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The backend ops of a batch: each store is a whole login record.
+    fn ops(&self, batch: &[Job], now: i64) -> Vec<Op> {
+        batch
+            .iter()
+            .map(|job| match &job.write {
                 Write::Store {
                     key,
                     server_url,
                     username,
+                    secret,
+                } => Op::Set(
+                    key.clone(),
+                    record::encode(server_url, username, now, secret),
+                ),
+                Write::Erase { key } => Op::Delete(key.clone()),
+            })
+            .collect()
+    }
+
+    /// Applies a batch to the in-memory index, marking each change pending
+    /// when `pending`; returns what each changed key held before. (Not a
+    /// clone of the whole index: that would make every store cost as much as
+    /// the number of credentials.)
+    fn update_index(
+        &mut self,
+        batch: &[Job],
+        now: i64,
+        pending: bool,
+    ) -> Vec<(String, Option<IndexEntry>)> {
+        let mut undo: Vec<(String, Option<IndexEntry>)> = Vec::with_capacity(batch.len());
+        for job in batch {
+            let key = job.write.key();
+            let old = self.index.get(key).cloned();
+            let prior = || {
+                old.clone().map(|mut e| {
+                    e.pending = None;
+                    Box::new(e)
+                })
+            };
+            match &job.write {
+                Write::Store {
+                    server_url,
+                    username,
                     ..
                 } => {
-                    let created = self.index.get(key).map_or(now, |e| e.created);
-                    let old = self.index.insert(
-                        key.clone(),
-                        IndexEntry {
-                            server_url: server_url.clone(),
-                            username: username.clone(),
-                            created,
-                            updated: now,
-                        },
-                    );
-                    undo.push((key.clone(), old));
+                    let entry = IndexEntry {
+                        server_url: server_url.clone(),
+                        username: username.clone(),
+                        created: old.as_ref().map_or(now, |e| e.created),
+                        updated: now,
+                        pending: pending.then(|| Pending {
+                            erase: false,
+                            prior: prior(),
+                        }),
+                    };
+                    self.index.insert(key.to_owned(), entry);
                 }
-                Write::Erase { key } => {
-                    let old = self.index.remove(key);
-                    undo.push((key.clone(), old));
+                Write::Erase { .. } => match (&old, pending) {
+                    (Some(entry), true) => {
+                        let mut entry = entry.clone();
+                        entry.pending = Some(Pending {
+                            erase: true,
+                            prior: prior(),
+                        });
+                        self.index.insert(key.to_owned(), entry);
+                    }
+                    _ => {
+                        self.index.remove(key);
+                    }
+                },
+            }
+            undo.push((key.to_owned(), old));
+        }
+        undo
+    }
+
+    /// Puts back what [`update_index`](Writer::update_index) changed.
+    fn rollback(&mut self, undo: Vec<(String, Option<IndexEntry>)>) {
+        // Newest first, so a key changed twice ends as it began.
+        for (key, old) in undo.into_iter().rev() {
+            match old {
+                Some(entry) => {
+                    self.index.insert(key, entry);
+                }
+                None => {
+                    self.index.remove(&key);
                 }
             }
         }
-        if let Err(e) = self.index.save() {
-            // Newest first, so a key changed twice ends as it began.
-            for (key, old) in undo.into_iter().rev() {
-                match old {
-                    Some(entry) => {
-                        self.index.insert(key, entry);
-                    }
-                    None => {
-                        self.index.remove(&key);
-                    }
-                }
-            }
-            return Err(e.to_string());
-        }
-        Ok(())
     }
 
     fn update_table(&mut self, batch: &[Job]) {
@@ -420,10 +565,181 @@ impl Writer {
     }
 }
 
-fn to_op(write: &Write) -> Op {
-    match write {
-        Write::Store { key, secret, .. } => Op::Set(key.clone(), secret.clone()),
-        Write::Erase { key } => Op::Delete(key.clone()),
+/// The credential an entry serves now, if its secret is loaded.
+fn current(entry: &Entry) -> Option<Credential> {
+    entry.secret.as_ref().map(|secret| Credential {
+        username: entry.meta.username.clone(),
+        secret: secret.clone(),
+    })
+}
+
+/// The size of the `Credentials` frame a `get` of this login answers with.
+fn credentials_frame_len(server_url: &str, username: &str, secret: &Secret) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let answer = Response::Credentials {
+        server_url: server_url.to_owned(),
+        username: username.to_owned(),
+        secret: secret.clone(),
+    };
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, &answer).expect("a response always serialises");
+    count.0
+}
+
+/// The table of a backend that handed over every record (file, memory), and
+/// the index corrected to match the records.
+fn from_records(
+    backend: &dyn Backend,
+    index: &mut Index,
+    all: Vec<(String, Secret)>,
+) -> Result<HashMap<String, Entry>, StoreError> {
+    let mut table = HashMap::with_capacity(all.len());
+    let mut orphans = 0usize;
+    let mut changed = false;
+    for (key, value) in all {
+        match record::decode(value) {
+            Ok(Decoded::Login(login)) => {
+                let meta = IndexEntry {
+                    server_url: login.server_url,
+                    username: login.username,
+                    created: index.get(&key).map_or(login.updated, |e| e.created),
+                    updated: login.updated,
+                    pending: None,
+                };
+                if index.get(&key) != Some(&meta) {
+                    index.insert(key.clone(), meta.clone());
+                    changed = true;
+                }
+                table.insert(key, entry(meta, login.secret));
+            }
+            Ok(Decoded::Legacy(secret)) => match index.get(&key) {
+                Some(meta) => {
+                    table.insert(key, entry(meta.clone(), secret));
+                }
+                None => orphans += 1,
+            },
+            Err(why) => {
+                return Err(StoreError::Corrupt(format!(
+                    "the entry for {key} in {} cannot be read ({why}); it was left as it is. \
+                     Restore the store from a backup, or move it aside and log in again",
+                    backend.location()
+                )));
+            }
+        }
+    }
+    if orphans > 0 {
+        if let Some(path) = index.path().filter(|_| !index.was_found()) {
+            return Err(StoreError::Corrupt(format!(
+                "the index {} is missing, and {orphans} login(s) in {} were written by an \
+                 older regent, which kept their usernames only in the index, so it cannot be \
+                 rebuilt. Restore the index from a backup; or, to start over without those \
+                 logins, move the store aside and log in again",
+                path.display(),
+                backend.location()
+            )));
+        }
+        tracing::debug!(
+            count = orphans,
+            "secrets without an index entry are ignored (an interrupted store)"
+        );
+    }
+    let gone: Vec<String> = index
+        .iter()
+        .filter(|(key, _)| !table.contains_key(*key))
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in &gone {
+        tracing::info!(
+            key,
+            "the index listed a login the store does not hold (an interrupted store or erase); \
+             dropped from the index"
+        );
+        index.remove(key);
+        changed = true;
+    }
+    if !index.was_found() && !table.is_empty() {
+        tracing::warn!(
+            entries = table.len(),
+            "the index was missing; rebuilt from the records in the store"
+        );
+    }
+    if changed && let Err(e) = index.save() {
+        tracing::warn!(error = %e, "the corrected index could not be saved; using it in memory");
+    }
+    Ok(table)
+}
+
+fn entry(meta: IndexEntry, secret: Secret) -> Entry {
+    Entry {
+        meta,
+        secret: Some(secret),
+        generation: 0,
+    }
+}
+
+/// Settles the writes a crash left pending (keyring, keyutils): each such
+/// key is read back and its entry set to what the backend holds, whole.
+/// A key that cannot be read now stays pending; its first `get` reads the
+/// record anyway.
+fn resolve_pending(backend: &dyn Backend, index: &mut Index) {
+    let pending: Vec<String> = index
+        .iter()
+        .filter(|(_, e)| e.pending.is_some())
+        .map(|(k, _)| k.clone())
+        .collect();
+    if pending.is_empty() {
+        return;
+    }
+    for key in &pending {
+        let Some(entry) = index.get(key).cloned() else {
+            continue;
+        };
+        let prior = entry.pending.as_ref().and_then(|p| p.prior.clone());
+        let settled = match backend.get(key).map(|v| v.map(record::decode)) {
+            Ok(None) => None,
+            Ok(Some(Ok(Decoded::Login(login)))) => Some(IndexEntry {
+                server_url: login.server_url,
+                username: login.username,
+                created: prior.as_ref().map_or(entry.created, |p| p.created),
+                updated: login.updated,
+                pending: None,
+            }),
+            // A value from before records: the write never reached it.
+            Ok(Some(Ok(Decoded::Legacy(_)))) => prior.map(|p| *p),
+            Ok(Some(Err(why))) => {
+                tracing::warn!(key, error = %why, "cannot settle an interrupted write");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(key, error = %e, "cannot settle an interrupted write yet");
+                continue;
+            }
+        };
+        tracing::info!(
+            key,
+            kept = settled.is_some(),
+            "settled a write interrupted by a crash"
+        );
+        match settled {
+            Some(e) => {
+                index.insert(key.clone(), e);
+            }
+            None => {
+                index.remove(key);
+            }
+        }
+    }
+    if let Err(e) = index.save() {
+        tracing::warn!(error = %e, "the settled index could not be saved; using it in memory");
     }
 }
 

@@ -18,7 +18,16 @@
 //! }
 //! ```
 //!
-//! Times are unix seconds. The file is written with
+//! Times are unix seconds. An entry may also carry `"pending"`: a write to a
+//! backend that cannot be written together with this file (the keyring, the
+//! kernel keyring) is first recorded here as pending, then made in the
+//! backend. After a crash, the next agent checks each pending key against the
+//! backend, whose record is the whole login, and keeps what the backend holds
+//! (see [`crate::credentials`]). Older agents ignore the field.
+//!
+//! The index is a cache of what the records in the store say: for the file
+//! and memory stores, which hand over every record at start-up, it is checked
+//! against them (and rebuilt when it is missing) each time the agent starts. The file is written with
 //! [`write_atomic`](super::atomic::write_atomic) (mode 0600), so it is always
 //! either the old or the new version. A file that cannot be read or parsed,
 //! or that has a `version` this build does not know, is an error: it is never
@@ -50,12 +59,29 @@ pub struct IndexEntry {
     pub created: i64,
     /// Unix seconds.
     pub updated: i64,
+    /// A write that was begun but not yet known to have reached the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+/// What a pending write was about to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// True for an erase (the entry goes once the backend confirms).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erase: bool,
+    /// The entry before the write, for a backend value without a record
+    /// (written by an older regent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior: Option<Box<IndexEntry>>,
 }
 
 /// The non-secret index, in memory, with the file it came from (if any).
 #[derive(Debug, Clone, Default)]
 pub struct Index {
     path: Option<PathBuf>,
+    /// Whether the file existed when it was loaded.
+    found: bool,
     entries: BTreeMap<String, IndexEntry>,
 }
 
@@ -94,6 +120,7 @@ impl Index {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(Index {
                     path: Some(path),
+                    found: false,
                     entries: BTreeMap::new(),
                 });
             }
@@ -108,8 +135,15 @@ impl Index {
         let entries = parse(&path, &bytes)?;
         Ok(Index {
             path: Some(path),
+            found: true,
             entries,
         })
+    }
+
+    /// True when the index was read from a file (false for a missing file
+    /// and for a memory-only index).
+    pub fn was_found(&self) -> bool {
+        self.found
     }
 
     /// The file this index is saved to; `None` for a memory-only index.
@@ -135,6 +169,10 @@ impl Index {
 
     pub fn get(&self, key: &str) -> Option<&IndexEntry> {
         self.entries.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut IndexEntry> {
+        self.entries.get_mut(key)
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -208,6 +246,7 @@ mod tests {
             username: user.to_owned(),
             created: t,
             updated: t + 1,
+            pending: None,
         }
     }
 

@@ -8,6 +8,7 @@ pub mod keyring;
 #[cfg(target_os = "linux")]
 pub mod keyutils;
 pub mod memory;
+pub mod record;
 pub mod select;
 
 pub use backend::{Backend, Op, StoreError, StoreKind};
