@@ -8,8 +8,13 @@
 //!
 //! Every entry has service = the keyring service name (`regent` unless
 //! `REGENT_KEYRING_SERVICE` says otherwise, see [`service_from_env`]) and
-//! user/account = the canonical registry key. The secret is stored as its
-//! UTF-8 bytes.
+//! user/account = the canonical registry key. The value is the whole login
+//! as a [record](super::record), stored as its UTF-8 bytes.
+//!
+//! regent's own entries (the probe below, the file store's master key) live
+//! under a service of their own, [`internal_service`] (`regent:internal`),
+//! so that no registry name can reach them: a `docker login file-master-key`
+//! is just a registry login.
 //!
 //! Each entry is written by its own keyring call, so [`apply`](Backend::apply)
 //! of several ops is not all-or-nothing ([`is_atomic`](Backend::is_atomic) is
@@ -48,8 +53,15 @@ pub const DEFAULT_SERVICE: &str = "regent";
 /// Environment variable that overrides the keyring service name.
 pub const SERVICE_ENV: &str = "REGENT_KEYRING_SERVICE";
 
-/// The user name of the entry [`probe`] writes and deletes.
+/// The user name of the entry [`probe`] writes and deletes (under the
+/// [`internal_service`]).
 pub const PROBE_USER: &str = "__regent_probe__";
+
+/// The service of regent's own keyring entries, apart from the registry
+/// logins of `service`.
+pub fn internal_service(service: &str) -> String {
+    format!("{service}:internal")
+}
 
 /// The largest credential blob Windows Credential Manager accepts.
 pub const WINDOWS_BLOB_LIMIT: usize = 2560;
@@ -110,8 +122,8 @@ impl Backend for KeyringBackend {
 }
 
 /// Checks, within `timeout`, that the OS keyring answers and is usable: it
-/// writes, reads back and deletes an entry (user [`PROBE_USER`]) under
-/// `service`. On failure or timeout the reason is returned in words.
+/// writes, reads back and deletes an entry (user [`PROBE_USER`]) under the
+/// [`internal_service`] of `service`. On failure or timeout the reason is returned in words.
 ///
 /// The work runs on its own thread; after a timeout that thread is left to
 /// finish (or fail) on its own, so the caller never waits longer than
@@ -129,7 +141,7 @@ pub fn probe(service: &str, timeout: Duration) -> Result<(), String> {
 }
 
 fn probe_now(service: &str) -> Result<(), String> {
-    let backend = KeyringBackend::open(service).map_err(|e| e.to_string())?;
+    let backend = KeyringBackend::open(&internal_service(service)).map_err(|e| e.to_string())?;
     backend
         .entries
         .round_trip_probe()
@@ -307,8 +319,8 @@ impl CoreEntries {
             && secret.len() > max
         {
             return Err(StoreError::Refused(format!(
-                "the secret for {key} is {} bytes, more than the {max} bytes {} can keep; \
-                 use REGENT_STORE=file for it",
+                "the login for {key} takes {} bytes (secret, username and server URL), more \
+                 than the {max} bytes {} can keep; use REGENT_STORE=file for it",
                 secret.len(),
                 self.flavor.name()
             )));

@@ -27,7 +27,7 @@ use linux_keyutils::{KeyRing, KeyRingIdentifier};
 use regent_shared::Secret;
 
 use super::backend::{Backend, Op, StoreError, StoreKind};
-use super::keyring::{CoreEntries, Flavor};
+use super::keyring::{CoreEntries, Flavor, internal_service};
 
 /// Creates a session keyring for the calling thread if it has none (or
 /// joins the existing one). Call it in `main()` before any thread starts:
@@ -59,10 +59,12 @@ impl KeyutilsBackend {
                     "cannot open the kernel keyring ({e}); use REGENT_STORE=file"
                 ))
             })?;
+        let internal =
+            CoreEntries::new(store.clone(), &internal_service(service), Flavor::Keyutils);
         let backend = KeyutilsBackend {
             entries: CoreEntries::new(store, service, Flavor::Keyutils),
         };
-        backend.entries.round_trip_probe().map_err(|e| {
+        internal.round_trip_probe().map_err(|e| {
             StoreError::Unavailable(format!(
                 "the kernel keyring does not work for this agent: {e}"
             ))
