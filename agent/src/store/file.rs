@@ -25,7 +25,10 @@
 //!
 //! 1. `REGENT_MASTER_KEY`, base64 of exactly 32 bytes, when set;
 //! 2. for an existing `secrets.enc`, where its header says: the OS keyring
-//!    (service = the keyring service, user `file-master-key`) or the key file
+//!    (service = regent's [internal service](super::keyring::internal_service),
+//!    `regent:internal`, user `file-master-key`; a key an older regent kept
+//!    among the registry logins, service `regent`, is moved there once its
+//!    fingerprint matches) or the key file
 //!    `<config_dir>/master.key` (base64, mode 0600). A missing key is an error;
 //!    a new key is never generated for an existing file;
 //! 3. for a new store: an existing key file, else the keyring if [`probe`]
@@ -62,7 +65,7 @@ use zeroize::Zeroizing;
 
 use super::atomic::{create_new_atomic, write_atomic};
 use super::backend::{Backend, Op, StoreError, StoreKind, apply_to_map, snapshot};
-use super::keyring::{KeyringBackend, OS_KEYRING_NAME, probe, run_with_timeout};
+use super::keyring::{KeyringBackend, OS_KEYRING_NAME, internal_service, probe, run_with_timeout};
 
 /// The encrypted file, in the data directory.
 pub const SECRETS_FILE: &str = "secrets.enc";
@@ -89,7 +92,26 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// show an unlock prompt to the user).
 const KEYRING_KEY_TIMEOUT: Duration = Duration::from_secs(60);
 
-const KEY_HINT: &str = "generate one with: openssl rand -base64 32";
+/// What a key is (for `REGENT_MASTER_KEY`).
+const KEY_HINT: &str = "it must be base64 of 32 bytes: the key the store was written with, or \
+                        for a new store a random one (`openssl rand -base64 32`)";
+
+/// What to do about a bad key file when no store uses it yet.
+const NEW_KEY_HINT: &str = "remove it and regent makes a new one, or put in a key of your \
+                            own (`openssl rand -base64 32`)";
+
+/// What to do about a bad or lost key of an existing store: a new key can
+/// never decrypt it.
+fn lost_key_advice(store: &Path) -> String {
+    format!(
+        "{} can only be decrypted with the key it was written with: restore that key (from a \
+         backup, or set {MASTER_KEY_ENV}). If the key is lost, so are the logins in it: to \
+         start over with an empty store, move it aside (`mv {p} {p}.lost`) and log in again; \
+         regent then makes a new key",
+        store.display(),
+        p = store.display()
+    )
+}
 
 /// Where the master key came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,8 +138,9 @@ impl KeySource {
     pub fn describe(&self) -> String {
         match self {
             KeySource::Keyring { service } => format!(
-                "master key in {OS_KEYRING_NAME}, service \"{service}\", entry \
-                 \"{KEYRING_KEY_USER}\""
+                "master key in {OS_KEYRING_NAME}, service \"{}\", entry \
+                 \"{KEYRING_KEY_USER}\"",
+                internal_service(service)
             ),
             KeySource::KeyFile(path) => format!("master key in the key file {}", path.display()),
             KeySource::Env => format!("master key from {MASTER_KEY_ENV}"),
@@ -146,11 +169,11 @@ impl MasterKey {
         let bytes = Zeroizing::new(
             BASE64
                 .decode(text.trim())
-                .map_err(|_| format!("it is not valid base64; {KEY_HINT}"))?,
+                .map_err(|_| "it is not valid base64".to_owned())?,
         );
         if bytes.len() != KEY_LEN {
             return Err(format!(
-                "it decodes to {} bytes instead of {KEY_LEN}; {KEY_HINT}",
+                "it decodes to {} bytes instead of {KEY_LEN}",
                 bytes.len()
             ));
         }
@@ -234,7 +257,7 @@ impl FileBackend {
         let key_file = config_dir.join(KEY_FILE);
         let env_key = match options.env_key {
             Some(text) => Some(MasterKey::from_base64(text).map_err(|why| {
-                StoreError::Access(format!("{MASTER_KEY_ENV} is not usable: {why}"))
+                StoreError::Access(format!("{MASTER_KEY_ENV} is not usable: {why}; {KEY_HINT}"))
             })?),
             None => None,
         };
@@ -465,7 +488,7 @@ fn open_existing(
                         path.display()
                     )));
                 };
-                let key = keyring_key_for_existing(&path, service)?;
+                let key = keyring_key_for_existing(&path, service, &header.fingerprint)?;
                 (
                     key,
                     KeySource::Keyring {
@@ -473,15 +496,14 @@ fn open_existing(
                     },
                 )
             }
-            2 => match read_key_file(key_file)? {
+            2 => match read_key_file(key_file, Some(&path))? {
                 Some(key) => (key, KeySource::KeyFile(key_file.to_path_buf())),
                 None => {
                     return Err(StoreError::Access(format!(
-                        "{} is encrypted with the key in {}, but that key file is missing. \
-                         Restore it (base64, mode 0600) or set {MASTER_KEY_ENV}; regent will \
-                         not make a new key for an existing file",
+                        "{} is encrypted with the key in {}, but that key file is missing. {}",
                         path.display(),
-                        key_file.display()
+                        key_file.display(),
+                        lost_key_advice(&path)
                     )));
                 }
             },
@@ -498,9 +520,10 @@ fn open_existing(
     if key.fingerprint() != header.fingerprint {
         return Err(StoreError::Access(format!(
             "the {} does not match {} (it was encrypted with another key); the file was left \
-             as it is. Use the key it was written with",
+             as it is. {}",
             source.describe(),
-            path.display()
+            path.display(),
+            lost_key_advice(&path)
         )));
     }
 
@@ -546,7 +569,7 @@ fn new_store_key(
     key_file: &Path,
     options: &KeyOptions<'_>,
 ) -> Result<(MasterKey, KeySource), StoreError> {
-    if let Some(key) = read_key_file(key_file)? {
+    if let Some(key) = read_key_file(key_file, None)? {
         return Ok((key, KeySource::KeyFile(key_file.to_path_buf())));
     }
     if let Some(service) = options.keyring_service {
@@ -571,8 +594,13 @@ fn new_store_key(
     Ok((key, KeySource::KeyFile(key_file.to_path_buf())))
 }
 
-/// Reads the key file; `None` when it does not exist.
-fn read_key_file(key_file: &Path) -> Result<Option<MasterKey>, StoreError> {
+/// Reads the key file; `None` when it does not exist. `store`: the existing
+/// file the key must decrypt, which decides the advice for a bad key.
+fn read_key_file(key_file: &Path, store: Option<&Path>) -> Result<Option<MasterKey>, StoreError> {
+    let hint = || match store {
+        Some(store) => lost_key_advice(store),
+        None => NEW_KEY_HINT.to_owned(),
+    };
     let io_err = |e: io::Error| {
         StoreError::Io(format!(
             "cannot read the key file {}: {e}; check it (your file, mode 0600)",
@@ -586,8 +614,9 @@ fn read_key_file(key_file: &Path) -> Result<Option<MasterKey>, StoreError> {
     };
     if !meta.is_file() || meta.len() > MAX_KEY_FILE_BYTES {
         return Err(StoreError::Access(format!(
-            "the key file {} is not a small regular file; it should hold a base64 key ({KEY_HINT})",
-            key_file.display()
+            "the key file {} is not a small regular file holding a base64 key; {}",
+            key_file.display(),
+            hint()
         )));
     }
     #[cfg(unix)]
@@ -606,28 +635,35 @@ fn read_key_file(key_file: &Path) -> Result<Option<MasterKey>, StoreError> {
     let bytes = Zeroizing::new(fs::read(key_file).map_err(io_err)?);
     let text = std::str::from_utf8(&bytes).map_err(|_| {
         StoreError::Access(format!(
-            "the key file {} is not base64 text; {KEY_HINT}",
-            key_file.display()
+            "the key file {} is not base64 text; {}",
+            key_file.display(),
+            hint()
         ))
     })?;
     MasterKey::from_base64(text).map(Some).map_err(|why| {
         StoreError::Access(format!(
-            "the key file {} is not usable: {why}",
-            key_file.display()
+            "the key file {} is not usable: {why}; {}",
+            key_file.display(),
+            hint()
         ))
     })
 }
 
 /// Reads the master key an existing file says is in the keyring.
-fn keyring_key_for_existing(path: &Path, service: &str) -> Result<MasterKey, StoreError> {
+fn keyring_key_for_existing(
+    path: &Path,
+    service: &str,
+    fingerprint: &[u8; 8],
+) -> Result<MasterKey, StoreError> {
     let context = || {
         format!(
-            "{} is encrypted with the master key in {OS_KEYRING_NAME} (service \"{service}\", \
+            "{} is encrypted with the master key in {OS_KEYRING_NAME} (service \"{}\", \
              entry \"{KEYRING_KEY_USER}\")",
-            path.display()
+            path.display(),
+            internal_service(service)
         )
     };
-    match keyring_key(service, false)? {
+    match keyring_key(service, false, Some(*fingerprint))? {
         Some(key) => Ok(key),
         None => Err(StoreError::Access(format!(
             "{}, but that entry is not there. If you have the key, set {MASTER_KEY_ENV}; \
@@ -644,7 +680,7 @@ fn keyring_key_for_existing(path: &Path, service: &str) -> Result<MasterKey, Sto
 /// The master key for a new store: the one already in the keyring, or a
 /// new one put there.
 fn keyring_key_for_new(service: &str) -> Result<MasterKey, StoreError> {
-    keyring_key(service, true)?.ok_or_else(|| {
+    keyring_key(service, true, None)?.ok_or_else(|| {
         StoreError::Unavailable(format!(
             "{OS_KEYRING_NAME} did not keep the new master key; use REGENT_STORE=file with \
              {MASTER_KEY_ENV}"
@@ -653,26 +689,50 @@ fn keyring_key_for_new(service: &str) -> Result<MasterKey, StoreError> {
 }
 
 /// Reads (and with `create`, makes if missing) the keyring entry of the
-/// master key, waiting at most [`KEYRING_KEY_TIMEOUT`].
-fn keyring_key(service: &str, create: bool) -> Result<Option<MasterKey>, StoreError> {
+/// master key under regent's internal service, waiting at most
+/// [`KEYRING_KEY_TIMEOUT`]. With `legacy`, the fingerprint of the file's
+/// key, a key an older regent kept among the registry logins is moved to
+/// the internal service when it matches (and only then: an entry of that
+/// name that does not match is a registry login and stays).
+fn keyring_key(
+    service: &str,
+    create: bool,
+    legacy: Option<[u8; 8]>,
+) -> Result<Option<MasterKey>, StoreError> {
     let owned = service.to_owned();
     let work =
         move || -> Result<Option<MasterKey>, StoreError> {
-            let backend = KeyringBackend::open(&owned)?;
-            if let Some(text) = backend.get(KEYRING_KEY_USER)? {
+            let internal_name = internal_service(&owned);
+            let internal = KeyringBackend::open(&internal_name)?;
+            if let Some(text) = internal.get(KEYRING_KEY_USER)? {
                 return MasterKey::from_base64(text.expose()).map(Some).map_err(|why| {
                 StoreError::Corrupt(format!(
-                    "the keyring entry \"{KEYRING_KEY_USER}\" (service \"{owned}\") does not \
-                     hold a master key: {why}"
+                    "the keyring entry \"{KEYRING_KEY_USER}\" (service \"{internal_name}\") \
+                     does not hold a master key: {why}"
                 ))
             });
+            }
+            if let Some(fingerprint) = legacy {
+                let logins = KeyringBackend::open(&owned)?;
+                if let Some(text) = logins.get(KEYRING_KEY_USER)?
+                    && let Ok(key) = MasterKey::from_base64(text.expose())
+                    && key.fingerprint() == fingerprint
+                {
+                    internal.apply(&[Op::Set(KEYRING_KEY_USER.to_owned(), text)])?;
+                    logins.apply(&[Op::Delete(KEYRING_KEY_USER.to_owned())])?;
+                    tracing::info!(
+                        service = %internal_name,
+                        "moved the file store's master key apart from the registry logins"
+                    );
+                    return Ok(Some(key));
+                }
             }
             if !create {
                 return Ok(None);
             }
             let key = MasterKey::generate()?;
             let text = Secret::new(key.to_base64().to_string());
-            backend.apply(&[Op::Set(KEYRING_KEY_USER.to_owned(), text)])?;
+            internal.apply(&[Op::Set(KEYRING_KEY_USER.to_owned(), text)])?;
             Ok(Some(key))
         };
     run_with_timeout("regent-keyring-key", KEYRING_KEY_TIMEOUT, work).unwrap_or_else(|| {
