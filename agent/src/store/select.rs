@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use super::backend::{Backend, StoreError, StoreKind};
 use super::file::{FileBackend, SECRETS_FILE};
+use super::index::Index;
 use super::keyring::{self, KeyringBackend, OS_KEYRING_NAME};
 use super::memory::MemoryBackend;
 
@@ -132,9 +133,43 @@ fn open_auto(ctx: &StoreContext) -> Result<Opened, StoreError> {
 }
 
 fn open_file(ctx: &StoreContext) -> Result<FileBackend, StoreError> {
-    std::fs::create_dir_all(&ctx.data_dir)
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+    dir.create(&ctx.data_dir)
         .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", ctx.data_dir.display())))?;
+    refuse_lost_file(ctx)?;
     FileBackend::open(&ctx.data_dir, &ctx.config_dir, &ctx.keyring_service)
+}
+
+/// A missing `secrets.enc` whose index still lists logins was lost or moved:
+/// opening would make a new, empty file and hide that. Refused, with what
+/// to do.
+fn refuse_lost_file(ctx: &StoreContext) -> Result<(), StoreError> {
+    let secrets = ctx.data_dir.join(SECRETS_FILE);
+    if std::fs::symlink_metadata(&secrets).is_ok() {
+        return Ok(());
+    }
+    let Some(index_path) = index_path(&ctx.data_dir, StoreKind::File) else {
+        return Ok(());
+    };
+    // A bad index is reported when it is loaded.
+    let Ok(index) = Index::load(Some(index_path.clone())) else {
+        return Ok(());
+    };
+    if index.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt(format!(
+        "{} is missing, but its index {} lists {} login(s). Restore the file from a backup; \
+         or, to start over without those logins, move the index aside (`mv {i} {i}.old`) and \
+         log in again",
+        secrets.display(),
+        index_path.display(),
+        index.len(),
+        i = index_path.display()
+    )))
 }
 
 #[cfg(target_os = "linux")]
