@@ -746,3 +746,206 @@ fn resolve_pending(backend: &dyn Backend, index: &mut Index) {
 pub fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryBackend;
+
+    /// The memory backend, seen as a keyring: one op at a time, no
+    /// `load_all`, so the write-ahead path and settling are used.
+    struct OneAtATime(MemoryBackend);
+
+    impl Backend for OneAtATime {
+        fn kind(&self) -> StoreKind {
+            StoreKind::Keyring
+        }
+        fn location(&self) -> String {
+            "test keyring".into()
+        }
+        fn get(&self, key: &str) -> Result<Option<Secret>, StoreError> {
+            self.0.get(key)
+        }
+        fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+            self.0.apply(ops)
+        }
+        fn is_atomic(&self) -> bool {
+            false
+        }
+    }
+
+    fn meta(url: &str, user: &str, pending: Option<Pending>) -> IndexEntry {
+        IndexEntry {
+            server_url: url.into(),
+            username: user.into(),
+            created: 5,
+            updated: 6,
+            pending,
+        }
+    }
+
+    fn index_at(dir: &tempfile::TempDir, entries: &[(&str, IndexEntry)]) -> Index {
+        let mut index = Index::load(Some(dir.path().join("index.json"))).unwrap();
+        for (key, entry) in entries {
+            index.insert((*key).to_owned(), entry.clone());
+        }
+        index.save().unwrap();
+        Index::load(Some(dir.path().join("index.json"))).unwrap()
+    }
+
+    fn set(backend: &dyn Backend, key: &str, value: Secret) {
+        backend.apply(&[Op::Set(key.into(), value)]).unwrap();
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn secrets_from_before_records_are_served_and_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(MemoryBackend::new());
+        set(&*backend, "old.example", Secret::from("legacy-secret"));
+        let index = index_at(
+            &dir,
+            &[("old.example", meta("old.example", "olduser", None))],
+        );
+        let creds = Credentials::open(backend.clone(), index).unwrap();
+        let rt = runtime();
+        let got = rt.block_on(creds.get("old.example")).unwrap().unwrap();
+        assert_eq!(got.username, "olduser");
+        assert_eq!(got.secret.expose(), "legacy-secret");
+
+        rt.block_on(creds.store(
+            "old.example".into(),
+            "https://old.example".into(),
+            "newuser".into(),
+            Secret::from("new-secret"),
+        ))
+        .unwrap();
+        let value = backend.get("old.example").unwrap().unwrap();
+        match record::decode(value).unwrap() {
+            Decoded::Login(login) => {
+                assert_eq!(login.username, "newuser");
+                assert_eq!(login.server_url, "https://old.example");
+                assert_eq!(login.secret.expose(), "new-secret");
+            }
+            Decoded::Legacy(_) => panic!("the store did not write a record"),
+        }
+    }
+
+    #[test]
+    fn pending_writes_settle_to_what_the_backend_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(OneAtATime(MemoryBackend::new()));
+        // A store that reached the backend before the crash.
+        set(
+            &*backend,
+            "done.example",
+            record::encode("done.example", "new", 9, &Secret::from("s-new")),
+        );
+        // A store that did not: the backend still has the old record.
+        set(
+            &*backend,
+            "undone.example",
+            record::encode("undone.example", "old", 3, &Secret::from("s-old")),
+        );
+        // An erase that reached the backend; one that did not.
+        set(
+            &*backend,
+            "kept.example",
+            record::encode("kept.example", "kept", 3, &Secret::from("s-kept")),
+        );
+        // A store over a value from before records that did not land.
+        set(&*backend, "legacy.example", Secret::from("s-legacy"));
+        let pending = |erase: bool, prior: Option<IndexEntry>| {
+            Some(Pending {
+                erase,
+                prior: prior.map(Box::new),
+            })
+        };
+        let index = index_at(
+            &dir,
+            &[
+                (
+                    "done.example",
+                    meta("done.example", "new", pending(false, None)),
+                ),
+                (
+                    "undone.example",
+                    meta(
+                        "undone.example",
+                        "new",
+                        pending(false, Some(meta("undone.example", "old", None))),
+                    ),
+                ),
+                (
+                    "erased.example",
+                    meta("erased.example", "x", pending(true, None)),
+                ),
+                (
+                    "kept.example",
+                    meta("kept.example", "kept", pending(true, None)),
+                ),
+                (
+                    "legacy.example",
+                    meta(
+                        "legacy.example",
+                        "new",
+                        pending(false, Some(meta("legacy.example", "legacy-user", None))),
+                    ),
+                ),
+            ],
+        );
+        let creds = Credentials::open(backend, index).unwrap();
+        let list = creds.list();
+        assert_eq!(list.get("done.example").map(String::as_str), Some("new"));
+        assert_eq!(list.get("undone.example").map(String::as_str), Some("old"));
+        assert_eq!(list.get("kept.example").map(String::as_str), Some("kept"));
+        assert_eq!(
+            list.get("legacy.example").map(String::as_str),
+            Some("legacy-user")
+        );
+        assert!(!list.contains_key("erased.example"), "{list:?}");
+
+        let rt = runtime();
+        let got = rt.block_on(creds.get("undone.example")).unwrap().unwrap();
+        assert_eq!(
+            (got.username.as_str(), got.secret.expose()),
+            ("old", "s-old")
+        );
+        let got = rt.block_on(creds.get("legacy.example")).unwrap().unwrap();
+        assert_eq!(
+            (got.username.as_str(), got.secret.expose()),
+            ("legacy-user", "s-legacy")
+        );
+
+        // Settled on disk too: no pending mark left.
+        let text = std::fs::read_to_string(dir.path().join("index.json")).unwrap();
+        assert!(!text.contains("pending"), "{text}");
+    }
+
+    #[test]
+    fn a_write_is_pending_in_the_index_before_the_keyring_has_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.json");
+        let backend = Arc::new(OneAtATime(MemoryBackend::new()));
+        let creds = Credentials::open(backend, Index::load(Some(path.clone())).unwrap()).unwrap();
+        let rt = runtime();
+        rt.block_on(creds.store("a".into(), "a".into(), "u".into(), Secret::from("s")))
+            .unwrap();
+        // The save before the write carries the mark; it is cleared in
+        // memory and written down with the next save.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"pending\""), "{text}");
+        rt.block_on(creds.store("b".into(), "b".into(), "u".into(), Secret::from("s")))
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(json["entries"]["a"].get("pending").is_none(), "{text}");
+        assert!(json["entries"]["b"].get("pending").is_some(), "{text}");
+    }
+}
