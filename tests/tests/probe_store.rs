@@ -358,9 +358,34 @@ fn a_bad_master_key_file_says_what_each_choice_does() {
         text.contains("can only be decrypted with the key it was written with"),
         "{out}"
     );
-    assert!(text.contains(".lost"), "the way to start over: {out}");
+    assert!(
+        text.contains("secrets.enc.lost"),
+        "the way to start over: {out}"
+    );
+    assert!(
+        text.contains("index-file.json.lost"),
+        "the way to start over: {out}"
+    );
     assert!(
         !text.contains("openssl"),
         "a new key cannot open this store: {out}"
     );
+
+    // Starting over as the message says: an empty store and a new key.
+    let data = env.data_home.join("regent");
+    for path in [
+        data.join("secrets.enc"),
+        data.join("index-file.json"),
+        key_file.clone(),
+    ] {
+        assert!(
+            text.contains(&format!("mv {p} {p}.lost", p = path.display())),
+            "{out}"
+        );
+        fs::rename(&path, path.with_extension("lost")).unwrap();
+    }
+    let host = unique_host("again");
+    env.store_ok(&host, "u", "fresh");
+    assert_eq!(env.list_ok().len(), 1, "{}", env.diagnostics());
+    assert!(key_file.exists(), "a new key file");
 }

@@ -102,14 +102,23 @@ const NEW_KEY_HINT: &str = "remove it and regent makes a new one, or put in a ke
 
 /// What to do about a bad or lost key of an existing store: a new key can
 /// never decrypt it.
-fn lost_key_advice(store: &Path) -> String {
+/// `damaged`: a key file that is there but unusable, which starting over
+/// also has to remove.
+fn lost_key_advice(store: &Path, damaged: Option<&Path>) -> String {
+    let dir = store.parent().unwrap_or(Path::new("."));
+    let damaged = damaged
+        .map(|k| format!("; mv {k} {k}.lost", k = k.display()))
+        .unwrap_or_default();
+    let index = super::select::index_path(dir, StoreKind::File)
+        .unwrap_or_else(|| dir.join("index-file.json"));
     format!(
         "{} can only be decrypted with the key it was written with: restore that key (from a \
          backup, or set {MASTER_KEY_ENV}). If the key is lost, so are the logins in it: to \
-         start over with an empty store, move it aside (`mv {p} {p}.lost`) and log in again; \
-         regent then makes a new key",
+         start over with an empty store, move it and its index aside (`mv {p} {p}.lost; \
+         mv {i} {i}.lost{damaged}`) and log in again; regent then makes a new key",
         store.display(),
-        p = store.display()
+        p = store.display(),
+        i = index.display()
     )
 }
 
@@ -503,7 +512,7 @@ fn open_existing(
                         "{} is encrypted with the key in {}, but that key file is missing. {}",
                         path.display(),
                         key_file.display(),
-                        lost_key_advice(&path)
+                        lost_key_advice(&path, None)
                     )));
                 }
             },
@@ -523,7 +532,7 @@ fn open_existing(
              as it is. {}",
             source.describe(),
             path.display(),
-            lost_key_advice(&path)
+            lost_key_advice(&path, None)
         )));
     }
 
@@ -598,7 +607,7 @@ fn new_store_key(
 /// file the key must decrypt, which decides the advice for a bad key.
 fn read_key_file(key_file: &Path, store: Option<&Path>) -> Result<Option<MasterKey>, StoreError> {
     let hint = || match store {
-        Some(store) => lost_key_advice(store),
+        Some(store) => lost_key_advice(store, Some(key_file)),
         None => NEW_KEY_HINT.to_owned(),
     };
     let io_err = |e: io::Error| {
