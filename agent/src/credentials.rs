@@ -17,9 +17,11 @@
 //!   them (an entry whose record is gone is dropped, a record without an
 //!   entry gets one) and rebuilt when it is missing. A write goes to the
 //!   backend first; the index follows as a cache.
-//! - **keyring, keyutils** are read one key at a time, so the index cannot be
-//!   checked whole at start-up. A write is first recorded in the index as
-//!   pending (write-ahead), then made in the backend. At start-up each
+//! - **keyring, keyutils** take one write at a time, so a write is first
+//!   recorded in the index as pending (write-ahead), then made in the
+//!   backend. The kernel keyring answers a read in microseconds: at start-up
+//!   every indexed key is read and checked as above (so keys lost to a
+//!   reboot leave the index too). The OS keyring is slow to read: only each
 //!   pending key (at most the one write in flight at a crash) is read back
 //!   and its entry set to what the backend holds.
 //!
@@ -111,7 +113,12 @@ impl Credentials {
     /// Loads the index (and, where the backend allows, every record),
     /// checks one against the other, and starts the writer thread.
     pub fn open(backend: Arc<dyn Backend>, mut index: Index) -> Result<Credentials, StoreError> {
-        let table = match backend.load_all()? {
+        let all = match backend.load_all()? {
+            Some(all) => Some(all),
+            None if backend.reads_are_cheap() => Some(read_indexed(&*backend, &index)?),
+            None => None,
+        };
+        let table = match all {
             Some(all) => from_records(&*backend, &mut index, all)?,
             None => {
                 resolve_pending(&*backend, &mut index);
@@ -621,12 +628,25 @@ fn from_records(
                 }
                 table.insert(key, entry(meta, login.secret));
             }
-            Ok(Decoded::Legacy(secret)) => match index.get(&key) {
-                Some(meta) => {
-                    table.insert(key, entry(meta.clone(), secret));
+            Ok(Decoded::Legacy(secret)) => {
+                // A value from before records: its login is the entry's, or,
+                // when a write over it was pending, the entry before that
+                // write (which never reached this value).
+                let meta = index.get(&key).and_then(|e| match &e.pending {
+                    None => Some(e.clone()),
+                    Some(p) => p.prior.as_deref().cloned(),
+                });
+                match meta {
+                    Some(meta) => {
+                        if index.get(&key) != Some(&meta) {
+                            index.insert(key.clone(), meta.clone());
+                            changed = true;
+                        }
+                        table.insert(key, entry(meta, secret));
+                    }
+                    None => orphans += 1,
                 }
-                None => orphans += 1,
-            },
+            }
             Err(why) => {
                 return Err(StoreError::Corrupt(format!(
                     "the entry for {key} in {} cannot be read ({why}); it was left as it is. \
@@ -676,6 +696,18 @@ fn from_records(
         tracing::warn!(error = %e, "the corrected index could not be saved; using it in memory");
     }
     Ok(table)
+}
+
+/// The values of every indexed key, for a backend whose reads cost next to
+/// nothing (keyutils), so that it is checked at start-up like the file store.
+fn read_indexed(backend: &dyn Backend, index: &Index) -> Result<Vec<(String, Secret)>, StoreError> {
+    let mut all = Vec::with_capacity(index.len());
+    for (key, _) in index.iter() {
+        if let Some(value) = backend.get(key)? {
+            all.push((key.clone(), value));
+        }
+    }
+    Ok(all)
 }
 
 fn entry(meta: IndexEntry, secret: Secret) -> Entry {

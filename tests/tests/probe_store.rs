@@ -389,3 +389,35 @@ fn a_bad_master_key_file_says_what_each_choice_does() {
     assert_eq!(env.list_ok().len(), 1, "{}", env.diagnostics());
     assert!(key_file.exists(), "a new key file");
 }
+
+/// Kernel keys lost (a reboot, expiry, `keyctl purge`) leave `list` at the
+/// next start, so `list` never shows what `get` cannot serve.
+#[test]
+fn keys_lost_from_the_kernel_keyring_leave_the_list() {
+    let env = TestEnv::new();
+    if env.store != StoreKind::Keyutils {
+        return;
+    }
+    let lost = unique_host("purged");
+    let kept = unique_host("kept");
+    env.store_ok(&lost, "u1", "s1");
+    env.store_ok(&kept, "u2", "s2");
+    env.stop_agent();
+    let description = format!("keyring:{lost}@{}", env.keyring_service);
+    let purge = std::process::Command::new("keyctl")
+        .args(["session", "-", "sh", "-c"])
+        .arg(format!(
+            "keyctl get_persistent @s >/dev/null && keyctl purge -s user '{description}'"
+        ))
+        .output()
+        .expect("run keyctl");
+    assert!(
+        String::from_utf8_lossy(&purge.stdout).contains("purged 1 keys"),
+        "could not remove {description}: {purge:?}"
+    );
+    let list = env.list_ok();
+    assert!(!list.contains_key(&lost), "{list:?}\n{}", env.diagnostics());
+    assert_eq!(list.get(&kept).map(String::as_str), Some("u2"));
+    env.get_missing(&lost);
+    assert_eq!(env.get_ok(&kept).secret, "s2");
+}

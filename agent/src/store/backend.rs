@@ -93,6 +93,13 @@ pub trait Backend: Send + Sync {
     fn load_all(&self) -> Result<Option<Vec<(String, Secret)>>, StoreError> {
         Ok(None)
     }
+
+    /// True when a [`get`](Backend::get) costs next to nothing (a syscall,
+    /// not a D-Bus round trip), so the agent may read every indexed key at
+    /// start-up.
+    fn reads_are_cheap(&self) -> bool {
+        false
+    }
 }
 
 /// Applies `ops` in order to an in-memory map of secrets: the memory

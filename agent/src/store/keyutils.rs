@@ -12,7 +12,9 @@
 //! - a key holds at most 32,767 bytes, and a non-root user may keep only
 //!   `/proc/sys/kernel/keys/maxbytes` bytes (20,000 by default) in all keys
 //!   together: a full quota is a [`StoreError::Refused`];
-//! - the kernel cannot list keys for us: the agent's index is the list.
+//! - the kernel cannot list keys for us: the agent's index is the list, and
+//!   since reads are cheap, every indexed key is read at start-up, so keys
+//!   lost to a reboot or expiry leave the index too.
 //!
 //! A process without a session keyring gets `EACCES` on every write, so
 //! `main()` calls [`prepare_process`] before starting any thread (threads
@@ -101,6 +103,10 @@ impl Backend for KeyutilsBackend {
 
     fn is_atomic(&self) -> bool {
         false
+    }
+
+    fn reads_are_cheap(&self) -> bool {
+        true
     }
 }
 
