@@ -4,17 +4,26 @@
 //! 2. Read the config; create the session keyring if the kernel keyring is the
 //!    store (before any thread exists).
 //! 3. Detach from the caller's session when started by a client.
-//! 4. Take the pid lock beside the socket: one agent per socket. A second
-//!    agent started in a race finds the lock held, reports the first one as
+//! 4. Check the socket path and its directory (`paths::ensure_socket_dir`,
+//!    `paths::check_socket_file`): nothing is created or changed in a
+//!    directory that fails them.
+//! 5. Take the store lock, `<data dir>/agent.lock` (the data directory created
+//!    0700 if missing): one agent per store, whichever socket each session
+//!    uses. It is held for the agent's whole life and holds its pid and
+//!    socket, which clients of other sessions read to reach this agent. A
+//!    held lock stops the start with the holder's pid and socket; a second
+//!    agent spawned in a race for the same socket reports the first one as
 //!    ready and exits.
-//! 5. Open the store and the index, load what can be loaded.
-//! 6. Listen: on the socket systemd handed over (socket activation), or bind
-//!    the socket path after removing a stale socket file that refuses
-//!    connections.
-//! 7. Say "ready": `READY=1` to systemd, and the ready line on stdout to the
+//! 6. Open the store and the index, load what can be loaded.
+//! 7. Listen: on the socket systemd handed over (socket activation), or bind
+//!    the socket path after removing a stale socket of ours that refuses
+//!    connections (anything else there is refused, never removed).
+//! 8. Say "ready": `READY=1` to systemd, and the ready line on stdout to the
 //!    client that spawned us, whose pipe is then let go.
-//! 8. Serve until `Quit`, SIGTERM or SIGINT; then remove the socket. SIGHUP
-//!    re-reads the config's token sources (as `regent reload` does).
+//! 9. Serve until `Quit`, SIGTERM or SIGINT, or until the socket it bound is
+//!    removed or replaced (an agent nobody can reach must not keep the store
+//!    locked); then remove the socket if it is still ours. SIGHUP re-reads
+//!    the config's token sources (as `regent reload` does).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IsTerminal, Read, Seek, Write};
@@ -23,7 +32,7 @@ use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use regent_shared::client::{ERROR_PREFIX, READY_LINE};
@@ -90,32 +99,39 @@ fn start(spawned: bool) -> anyhow::Result<ExitCode> {
     }
 
     let socket = paths::socket_path();
-    let dir = paths::runtime_dir(&socket);
-    if let DirState::Tightened(mode) = paths::ensure_private_dir(&dir)? {
+    if let DirState::Tightened(mode) = paths::ensure_socket_dir(&socket)? {
         eprintln!(
-            "regent: {} had mode {mode:o}; set it back to 700",
-            dir.display()
+            "regent: {} had mode {mode:o}; it is regent's own socket directory, so regent set it to 700",
+            paths::runtime_dir(&socket).display()
         );
     }
-    let pid_path = paths::pid_file_path(&socket);
-    let _pid_lock = match PidLock::acquire(&pid_path)? {
+    paths::check_socket_file(&socket)?;
+    let data_dir = paths::data_dir();
+    let mut store_lock = match StoreLock::acquire(&data_dir, &socket)? {
         Lock::Acquired(lock) => lock,
-        Lock::Held(pid) => {
-            if spawned {
-                // Another agent won the race; the client can use it once it
-                // listens.
-                let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        Lock::Held {
+            pid,
+            socket: theirs,
+        } => {
+            if spawned && theirs == socket.as_os_str().as_encoded_bytes() {
+                // Another agent for our socket won the race; the client can
+                // use it once it listens.
+                let deadline = Instant::now() + Duration::from_secs(5);
                 while Instant::now() < deadline {
                     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
                         println!("{READY_LINE} {pid}");
                         return Ok(ExitCode::SUCCESS);
                     }
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(10));
                 }
             }
             bail!(
-                "another regent agent (pid {pid}) is already serving {}; stop it with `regent stop`",
-                socket.display()
+                "the store in {} is already served by another regent agent (pid {pid}, socket {}; lock {}): \
+                 one agent serves a store, so use that one (REGENT_SOCKET={}) or stop it with `regent stop` first",
+                data_dir.display(),
+                String::from_utf8_lossy(&theirs),
+                paths::store_lock_path(&data_dir).display(),
+                String::from_utf8_lossy(&theirs)
             );
         }
     };
@@ -129,7 +145,7 @@ fn start(spawned: bool) -> anyhow::Result<ExitCode> {
     tracing::info!(memory = %lock_memory(), "secret pages");
 
     let ctx = StoreContext {
-        data_dir: paths::data_dir(),
+        data_dir,
         config_dir: paths::config_dir(),
         keyring_service: settings.keyring_service.clone(),
     };
@@ -150,7 +166,17 @@ fn start(spawned: bool) -> anyhow::Result<ExitCode> {
         format!("{} (not present)", settings.path.display())
     };
     runtime.block_on(async move {
-        let (listener, activated) = listen(&socket)?;
+        let (listener, bound) = listen(&socket)?;
+        let activated = bound.is_none();
+        // Where clients of other sessions find us: the path systemd bound,
+        // when it handed the socket over.
+        let socket = match listener.local_addr() {
+            Ok(addr) if activated => addr.as_pathname().map_or(socket, Path::to_path_buf),
+            _ => socket,
+        };
+        if activated && let Err(e) = store_lock.advertise(&socket) {
+            tracing::warn!(lock = %store_lock.path.display(), "cannot write the socket into the store lock: {e}");
+        }
         let (shutdown, _) = watch::channel(false);
         let engine = Engine::new(
             Arc::new(SystemClock),
@@ -174,12 +200,18 @@ fn start(spawned: bool) -> anyhow::Result<ExitCode> {
             shutdown,
         });
         watch_signals(state.clone())?;
+        if let Some(id) = bound {
+            watch_socket(state.clone(), socket.clone(), id);
+        }
         announce_ready(spawned);
         tracing::info!(socket = %socket.display(), activated, "listening");
         server::serve(listener, state).await;
-        if !activated {
+        if let Some(id) = bound
+            && SocketId::of(&socket) == Some(id)
+        {
             let _ = fs::remove_file(&socket);
         }
+        drop(store_lock);
         tracing::info!("agent stopped");
         Ok::<_, anyhow::Error>(())
     })?;
@@ -254,68 +286,146 @@ fn lock_memory() -> String {
 }
 
 enum Lock {
-    Acquired(PidLock),
-    Held(String),
+    Acquired(StoreLock),
+    /// Held by another agent: what it wrote (its pid, its socket's bytes).
+    Held {
+        pid: String,
+        socket: Vec<u8>,
+    },
 }
 
-/// `agent.pid`, locked for as long as the agent lives.
-struct PidLock(#[allow(dead_code)] File);
+/// `<data dir>/agent.lock`, locked for as long as the agent lives, holding
+/// `<pid>\n<socket>\n`.
+struct StoreLock {
+    file: File,
+    path: PathBuf,
+}
 
-impl PidLock {
-    fn acquire(path: &Path) -> anyhow::Result<Lock> {
+impl StoreLock {
+    fn acquire(data_dir: &Path, socket: &Path) -> anyhow::Result<Lock> {
+        paths::create_private_dir(data_dir)
+            .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+        let path = paths::store_lock_path(data_dir);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot open the pid file {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                return Ok(Lock::Held(pid.trim().to_owned()));
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            .open(&path)
+            .with_context(|| format!("cannot open the store lock {}", path.display()))?;
+        // A client probing the lock holds it shared for an instant: retry
+        // briefly before concluding that an agent holds it.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    let mut text = Vec::new();
+                    let _ = (&mut file).take(8192).read_to_end(&mut text);
+                    let (pid, rest) = match text.iter().position(|b| *b == b'\n') {
+                        Some(i) => (&text[..i], &text[i + 1..]),
+                        None => (&text[..], &[][..]),
+                    };
+                    return Ok(Lock::Held {
+                        pid: String::from_utf8_lossy(pid).trim().to_owned(),
+                        socket: rest.strip_suffix(b"\n").unwrap_or(rest).to_vec(),
+                    });
+                }
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+                }
             }
         }
-        file.set_len(0)?;
-        file.rewind()?;
-        writeln!(file, "{}", std::process::id())?;
-        file.sync_all()?;
-        Ok(Lock::Acquired(PidLock(file)))
+        let mut lock = StoreLock { file, path };
+        lock.advertise(socket)
+            .with_context(|| format!("cannot write {}", lock.path.display()))?;
+        Ok(Lock::Acquired(lock))
+    }
+
+    /// Writes our pid and `socket` into the lock, in one write.
+    fn advertise(&mut self, socket: &Path) -> io::Result<()> {
+        let mut text = format!("{}\n", std::process::id()).into_bytes();
+        text.extend_from_slice(socket.as_os_str().as_encoded_bytes());
+        text.push(b'\n');
+        self.file.set_len(0)?;
+        self.file.rewind()?;
+        self.file.write_all(&text)
     }
 }
 
-/// The listening socket: handed over by systemd, or bound here.
-fn listen(socket: &Path) -> anyhow::Result<(tokio::net::UnixListener, bool)> {
+/// Which file a path names: the socket we bound, or something else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SocketId {
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketId {
+    fn of(path: &Path) -> Option<SocketId> {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(path).ok().map(|m| SocketId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
+/// The listening socket: handed over by systemd (`None`), or bound here
+/// (the identity of the socket file).
+fn listen(socket: &Path) -> anyhow::Result<(tokio::net::UnixListener, Option<SocketId>)> {
     let mut fds = listenfd::ListenFd::from_env();
     if let Ok(Some(listener)) = fds.take_unix_listener(0) {
         listener.set_nonblocking(true)?;
-        return Ok((tokio::net::UnixListener::from_std(listener)?, true));
+        return Ok((tokio::net::UnixListener::from_std(listener)?, None));
     }
     if fs::symlink_metadata(socket).is_ok() {
+        // Only a socket of ours may be removed; anything else stays.
+        paths::check_socket_file(socket)?;
         match std::os::unix::net::UnixStream::connect(socket) {
             Ok(_) => bail!(
                 "{} is already served by another process; run `regent status`",
                 socket.display()
             ),
-            Err(_) => {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 tracing::info!(socket = %socket.display(), "removing a stale socket");
                 fs::remove_file(socket).with_context(|| {
                     format!("cannot remove the stale socket {}", socket.display())
                 })?;
             }
+            Err(e) => bail!("cannot check the socket {}: {e}", socket.display()),
         }
     }
     let listener = StdUnixListener::bind(socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     fs::set_permissions(socket, fs::Permissions::from_mode(0o600))?;
+    let id = SocketId::of(socket)
+        .with_context(|| format!("the socket {} vanished once bound", socket.display()))?;
     listener.set_nonblocking(true)?;
-    Ok((tokio::net::UnixListener::from_std(listener)?, false))
+    Ok((tokio::net::UnixListener::from_std(listener)?, Some(id)))
+}
+
+/// Stops the agent once the socket it bound is removed or replaced (as when
+/// the runtime directory of a finished login session is deleted): nobody
+/// can reach it any more, and it must not keep the store locked.
+fn watch_socket(state: Arc<AgentState>, socket: PathBuf, id: SocketId) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if SocketId::of(&socket) != Some(id) {
+                tracing::warn!(
+                    socket = %socket.display(),
+                    "the socket was removed or replaced; stopping so that another agent can serve the store"
+                );
+                state.shutdown.send_replace(true);
+                return;
+            }
+        }
+    });
 }
 
 fn watch_signals(state: Arc<AgentState>) -> anyhow::Result<()> {

@@ -1,9 +1,24 @@
 //! The blocking client: connect, handshake, one request, bounded everywhere.
 //!
-//! [`call`] is the one race-proof way in: it probes the agent with `Hello`
-//! (pipelining the real request behind it), and when nothing answers it takes
-//! the start lock, removes the socket only if a connect to it is refused,
-//! spawns `regent agent`, waits for the agent's readiness line and retries.
+//! [`call`] is the one race-proof way in. It probes the agent on its socket
+//! with `Hello` (pipelining the real request behind it). When nothing
+//! answers there, it asks the store lock (`<data dir>/agent.lock`, see
+//! [`paths`]) whether an agent serves the store from another socket, as it
+//! does when another session of the user (another `XDG_RUNTIME_DIR`, or a
+//! `REGENT_SOCKET` set in one shell only) started it, and talks to that
+//! agent. Only when no agent holds the store does it take the start lock
+//! (`<data dir>/start.lock`: one starter per store), remove the socket if it
+//! is a socket of ours that refuses connections (anything else at the socket
+//! path is refused, never removed), spawn `regent agent`, wait for the
+//! agent's readiness line and retry. A store held by an agent that cannot be
+//! reached is an error that names its pid, its socket and the data
+//! directory.
+//!
+//! A connection that is reset or closed before the agent's answer arrives
+//! (an agent dying under us) counts as no agent: a new one is started within
+//! the same deadline. Every request sent through [`call`] may safely be sent
+//! twice.
+//!
 //! Every step has a deadline; clients of the credential-helper protocol set
 //! none of their own.
 
@@ -31,6 +46,9 @@ pub const ERROR_PREFIX: &str = "error: ";
 
 pub struct Options {
     pub socket: PathBuf,
+    /// The data directory: its store lock names the agent serving the
+    /// store, its start lock serialises starts.
+    pub data_dir: PathBuf,
     /// Which `regent` executable to start when no agent answers.
     pub agent_exe: AgentExe,
     /// Who is calling, for the agent's log.
@@ -45,6 +63,7 @@ impl Options {
     pub fn new(client: &'static str) -> Self {
         Options {
             socket: paths::socket_path(),
+            data_dir: paths::data_dir(),
             agent_exe: AgentExe::Never,
             client,
             start_timeout: Duration::from_secs(10),
@@ -92,12 +111,19 @@ pub enum ClientError {
     NotRunning(PathBuf),
     /// The agent could not be started; the message says why and what to do.
     Start(String),
-    /// The socket directory failed its safety check.
+    /// The socket path or its directory failed its safety check.
     Dir(DirError),
     /// The running agent no longer serves this program's protocol version.
     AgentTooNew { socket: PathBuf, agent: AgentInfo },
     /// The agent answered nothing in time, or broke the protocol.
     Agent { socket: PathBuf, detail: String },
+    /// An agent holds the store's lock but does not answer on the socket it
+    /// advertises (or has not said which yet).
+    StoreHeld {
+        data_dir: PathBuf,
+        pid: Option<u32>,
+        socket: Option<PathBuf>,
+    },
 }
 
 impl fmt::Display for ClientError {
@@ -123,6 +149,31 @@ impl fmt::Display for ClientError {
                 "the regent agent on {} is not answering properly ({detail}); run `regent status` or see its log",
                 socket.display()
             ),
+            ClientError::StoreHeld {
+                data_dir,
+                pid,
+                socket,
+            } => {
+                let pid = pid.map_or_else(|| "?".to_owned(), |p| p.to_string());
+                let lock = paths::store_lock_path(data_dir);
+                match socket {
+                    Some(socket) => write!(
+                        f,
+                        "the regent store in {} is held by the agent pid {pid} ({}), which does not answer on {}; \
+                         stop it (`kill {pid}`) and the next call starts a new agent",
+                        data_dir.display(),
+                        lock.display(),
+                        socket.display()
+                    ),
+                    None => write!(
+                        f,
+                        "the regent store in {} is held by the agent pid {pid} ({}), which has not said where it \
+                         listens; stop it (`kill {pid}`) and the next call starts a new agent",
+                        data_dir.display(),
+                        lock.display()
+                    ),
+                }
+            }
         }
     }
 }
@@ -143,6 +194,12 @@ impl Connection {
         let frame = encode_frame(req).map_err(|e| self.broken(e))?;
         io::Write::write_all(&mut self.stream, &frame).map_err(|e| self.broken(e.into()))?;
         read_frame(&mut self.stream).map_err(|e| self.broken(e))
+    }
+
+    /// The socket this connection reached (another session's, when the
+    /// agent that holds the store listens there).
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     fn broken(&self, e: FrameError) -> ClientError {
@@ -168,6 +225,23 @@ fn agent_error(socket: &Path, e: FrameError) -> ClientError {
     }
 }
 
+/// True when the connection broke under us: the agent closed it or died
+/// (reset, broken pipe, end of file), as opposed to a timeout or a
+/// malformed answer.
+fn is_broken(e: &FrameError) -> bool {
+    match e {
+        FrameError::Closed | FrameError::Truncated => true,
+        FrameError::Io(io) => matches!(
+            io.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
 /// Sends `req` to the agent, starting it first when `opts.agent_exe` is set
 /// and nothing answers.
 pub fn call(opts: &Options, req: &Request) -> Result<Response, ClientError> {
@@ -178,11 +252,15 @@ pub fn call(opts: &Options, req: &Request) -> Result<Response, ClientError> {
 /// and what the agent said about itself.
 pub fn call_with(opts: &Options, req: &Request) -> Result<(Connection, Response), ClientError> {
     let deadline = Instant::now() + opts.start_timeout;
-    check_dir(&opts.socket)?;
-    match attempt(opts, req, deadline) {
+    check_socket(&opts.socket)?;
+    match attempt(opts, &opts.socket, req, deadline) {
         Attempt::Done(conn, resp) => return Ok((conn, resp)),
         Attempt::Fatal(e) => return Err(e),
         Attempt::Absent(_) | Attempt::Outdated => {}
+    }
+    // Nothing here: the agent that holds the store may listen elsewhere.
+    if let Some(done) = via_store_holder(opts, req, deadline)? {
+        return Ok(done);
     }
     let exe = match (&opts.agent_exe, opts.agent_exe.resolve()) {
         (AgentExe::Never, _) => return Err(ClientError::NotRunning(opts.socket.clone())),
@@ -193,43 +271,87 @@ pub fn call_with(opts: &Options, req: &Request) -> Result<(Connection, Response)
             ));
         }
     };
-    let _lock = StartLock::acquire(&paths::start_lock_path(&opts.socket), deadline)?;
+    paths::create_private_dir(&opts.data_dir).map_err(|e| {
+        ClientError::Start(format!("cannot create {}: {e}", opts.data_dir.display()))
+    })?;
+    let _lock = StartLock::acquire(&paths::start_lock_path(&opts.data_dir), deadline)?;
     // Someone may have started it while we waited for the lock.
-    match attempt(opts, req, deadline) {
+    let refused = match attempt(opts, &opts.socket, req, deadline) {
         Attempt::Done(conn, resp) => return Ok((conn, resp)),
         Attempt::Fatal(e) => return Err(e),
-        Attempt::Absent(refused) => {
-            if refused {
-                // A socket file nobody listens on: left over by a killed agent.
-                let _ = fs::remove_file(&opts.socket);
+        Attempt::Absent(refused) => refused,
+        Attempt::Outdated => false,
+    };
+    if let Some(done) = via_store_holder(opts, req, deadline)? {
+        return Ok(done);
+    }
+    if refused {
+        // A socket nobody listens on, left over by a killed agent. Checked
+        // again right before: only a socket of ours is ever removed.
+        paths::check_socket_file(&opts.socket).map_err(ClientError::Dir)?;
+        let _ = fs::remove_file(&opts.socket);
+    }
+    let started = spawn_agent(&exe, &opts.socket, deadline);
+    match attempt(opts, &opts.socket, req, deadline) {
+        Attempt::Done(conn, resp) => return Ok((conn, resp)),
+        Attempt::Fatal(e) => return Err(e),
+        Attempt::Absent(_) | Attempt::Outdated => {}
+    }
+    // An agent started some other way (a supervisor, `regent agent`) may
+    // have taken the store meanwhile: ours then refused to start.
+    if let Some(done) = via_store_holder(opts, req, deadline)? {
+        return Ok(done);
+    }
+    started?;
+    Err(ClientError::Start(format!(
+        "it reported ready but {} does not answer; see {}",
+        opts.socket.display(),
+        paths::log_file().display()
+    )))
+}
+
+/// Opens a connection and performs only the handshake; never starts an
+/// agent. When nothing answers on `socket` but an agent holds the store, it
+/// connects to that agent's socket instead.
+pub fn connect(socket: &Path, timeout: Duration) -> Result<Connection, ClientError> {
+    check_socket(socket)?;
+    match handshake(socket, timeout) {
+        Err(ClientError::NotRunning(_)) => {}
+        other => return other,
+    }
+    let data_dir = paths::data_dir();
+    let Some(holder) = store_holder(&data_dir) else {
+        return Err(ClientError::NotRunning(socket.to_path_buf()));
+    };
+    match &holder.socket {
+        // Starting on our socket, or its socket is gone: not running here.
+        Some(other) if other == socket => Err(ClientError::NotRunning(socket.to_path_buf())),
+        Some(other) if exists(other) => {
+            check_socket(other)?;
+            match handshake(other, timeout) {
+                Err(ClientError::NotRunning(_)) => Err(holder.error(data_dir)),
+                r => r,
             }
         }
-        Attempt::Outdated => {}
-    }
-    spawn_agent(&exe, &opts.socket, deadline)?;
-    match attempt(opts, req, deadline) {
-        Attempt::Done(conn, resp) => Ok((conn, resp)),
-        Attempt::Fatal(e) => Err(e),
-        Attempt::Absent(_) | Attempt::Outdated => Err(ClientError::Start(format!(
-            "it reported ready but {} does not answer; see {}",
-            opts.socket.display(),
-            paths::log_file().display()
-        ))),
+        _ => Err(holder.error(data_dir)),
     }
 }
 
-/// Opens a connection and performs only the handshake; never starts an agent.
-pub fn connect(socket: &Path, timeout: Duration) -> Result<Connection, ClientError> {
-    check_dir(socket)?;
-    let mut stream = match open_stream(socket) {
-        Ok(s) => s,
-        Err(_) => return Err(ClientError::NotRunning(socket.to_path_buf())),
+fn handshake(socket: &Path, timeout: Duration) -> Result<Connection, ClientError> {
+    let Ok(mut stream) = open_stream(socket) else {
+        return Err(ClientError::NotRunning(socket.to_path_buf()));
     };
     set_timeout(&stream, timeout);
-    let hello = hello("cli");
-    let frame = encode_frame(&hello).map_err(|e| agent_error(socket, e))?;
-    io::Write::write_all(&mut stream, &frame).map_err(|e| agent_error(socket, e.into()))?;
-    let agent = read_hello(&mut stream).map_err(|e| agent_error(socket, e))?;
+    let fail = |e: FrameError| {
+        if is_broken(&e) {
+            ClientError::NotRunning(socket.to_path_buf())
+        } else {
+            agent_error(socket, e)
+        }
+    };
+    let frame = encode_frame(&hello("cli")).map_err(fail)?;
+    io::Write::write_all(&mut stream, &frame).map_err(|e| fail(e.into()))?;
+    let agent = read_hello(&mut stream).map_err(fail)?;
     Ok(Connection {
         stream,
         socket: socket.to_path_buf(),
@@ -237,21 +359,115 @@ pub fn connect(socket: &Path, timeout: Duration) -> Result<Connection, ClientErr
     })
 }
 
-fn check_dir(socket: &Path) -> Result<(), ClientError> {
-    let dir = paths::runtime_dir(socket);
-    match paths::ensure_private_dir(&dir).map_err(ClientError::Dir)? {
+/// The safety checks of a socket path and its directory, before any use.
+fn check_socket(socket: &Path) -> Result<(), ClientError> {
+    match paths::ensure_socket_dir(socket).map_err(ClientError::Dir)? {
         DirState::Private => {}
         DirState::Tightened(mode) => eprintln!(
-            "regent: {} had mode {mode:o}; set it back to 700",
-            dir.display()
+            "regent: {} had mode {mode:o}; it is regent's own socket directory, so regent set it to 700",
+            paths::runtime_dir(socket).display()
         ),
     }
-    Ok(())
+    paths::check_socket_file(socket).map_err(ClientError::Dir)
+}
+
+fn exists(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
+}
+
+/// The agent that holds the store lock of a data directory, from what it
+/// wrote into the lock file: `<pid>\n<socket>\n`.
+struct Holder {
+    pid: Option<u32>,
+    /// `None` while the agent is still writing it.
+    socket: Option<PathBuf>,
+}
+
+impl Holder {
+    fn error(&self, data_dir: PathBuf) -> ClientError {
+        ClientError::StoreHeld {
+            data_dir,
+            pid: self.pid,
+            socket: self.socket.clone(),
+        }
+    }
+}
+
+/// Who holds the store lock in `data_dir`, if anyone. The probe is a shared
+/// lock taken and dropped at once: it succeeds only when no agent holds the
+/// lock (an agent starting meanwhile retries its exclusive lock).
+fn store_holder(data_dir: &Path) -> Option<Holder> {
+    let path = paths::store_lock_path(data_dir);
+    let file = File::open(&path).ok()?;
+    match file.try_lock_shared() {
+        Ok(()) => return None,
+        Err(fs::TryLockError::WouldBlock) => {}
+        // Cannot tell: go on as if free; an agent started now says why.
+        Err(fs::TryLockError::Error(_)) => return None,
+    }
+    let mut text = Vec::new();
+    let _ = (&file).take(8192).read_to_end(&mut text);
+    Some(parse_holder(&text))
+}
+
+fn parse_holder(text: &[u8]) -> Holder {
+    let (pid, rest) = match text.iter().position(|b| *b == b'\n') {
+        Some(i) => (&text[..i], &text[i + 1..]),
+        None => (text, &[][..]),
+    };
+    let pid = std::str::from_utf8(pid)
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
+    let socket = rest
+        .strip_suffix(b"\n")
+        .filter(|s| !s.is_empty())
+        .map(path_from_bytes);
+    Holder { pid, socket }
+}
+
+#[cfg(unix)]
+fn path_from_bytes(b: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    PathBuf::from(std::ffi::OsStr::from_bytes(b))
+}
+
+#[cfg(not(unix))]
+fn path_from_bytes(b: &[u8]) -> PathBuf {
+    PathBuf::from(String::from_utf8_lossy(b).into_owned())
+}
+
+/// When an agent holds the store, sends `req` to it on the socket it
+/// advertises, waiting (until `deadline`) while it is still starting or on
+/// its way out. `None` when no agent holds the store.
+fn via_store_holder(
+    opts: &Options,
+    req: &Request,
+    deadline: Instant,
+) -> Result<Option<(Connection, Response)>, ClientError> {
+    loop {
+        let Some(holder) = store_holder(&opts.data_dir) else {
+            return Ok(None);
+        };
+        if let Some(socket) = holder.socket.as_deref().filter(|s| exists(s)) {
+            if socket != opts.socket {
+                check_socket(socket)?;
+            }
+            match attempt(opts, socket, req, deadline) {
+                Attempt::Done(conn, resp) => return Ok(Some((conn, resp))),
+                Attempt::Fatal(e) => return Err(e),
+                Attempt::Absent(_) | Attempt::Outdated => {}
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(holder.error(opts.data_dir.clone()));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 enum Attempt {
     Done(Connection, Response),
-    /// Nothing listens; `true` when a socket file exists but refused us.
+    /// Nothing answers; `true` when a socket file exists but refused us.
     Absent(bool),
     /// An older agent was told to quit.
     Outdated,
@@ -266,29 +482,37 @@ fn hello(client: &str) -> Request {
     }
 }
 
-fn attempt(opts: &Options, req: &Request, deadline: Instant) -> Attempt {
-    let mut stream = match open_stream(&opts.socket) {
+fn attempt(opts: &Options, socket: &Path, req: &Request, deadline: Instant) -> Attempt {
+    let mut stream = match open_stream(socket) {
         Ok(s) => s,
         Err(e) => {
             return match e.kind() {
                 io::ErrorKind::NotFound => Attempt::Absent(false),
                 io::ErrorKind::ConnectionRefused => Attempt::Absent(true),
                 _ => Attempt::Fatal(ClientError::Agent {
-                    socket: opts.socket.clone(),
+                    socket: socket.to_path_buf(),
                     detail: format!("cannot connect: {e}"),
                 }),
             };
         }
     };
-    let fail = |e: FrameError| Attempt::Fatal(agent_error(&opts.socket, e));
+    // An agent that dies under us (reset, broken pipe, end of file before
+    // its answer) is no agent: the caller starts a new one.
+    let fail = |e: FrameError| {
+        if is_broken(&e) {
+            Attempt::Absent(false)
+        } else {
+            Attempt::Fatal(agent_error(socket, e))
+        }
+    };
     // Hello and the request go out in one write; the agent answers both.
     let mut out = match encode_frame(&hello(opts.client)) {
         Ok(f) => f,
-        Err(e) => return fail(e),
+        Err(e) => return Attempt::Fatal(agent_error(socket, e)),
     };
     match encode_frame(req) {
         Ok(f) => out.extend_from_slice(&f),
-        Err(e) => return fail(e),
+        Err(e) => return Attempt::Fatal(agent_error(socket, e)),
     }
     let hello_wait = deadline
         .saturating_duration_since(Instant::now())
@@ -309,13 +533,13 @@ fn attempt(opts: &Options, req: &Request, deadline: Instant) -> Attempt {
     };
     let mut conn = Connection {
         stream,
-        socket: opts.socket.clone(),
+        socket: socket.to_path_buf(),
         agent,
     };
     if conn.agent.proto >= PROTOCOL_VERSION {
         if conn.agent.min_proto > PROTOCOL_VERSION {
             return Attempt::Fatal(ClientError::AgentTooNew {
-                socket: opts.socket.clone(),
+                socket: socket.to_path_buf(),
                 agent: conn.agent,
             });
         }
@@ -324,7 +548,7 @@ fn attempt(opts: &Options, req: &Request, deadline: Instant) -> Attempt {
     // The agent is older than we are: ask it to leave, then start ours.
     let _ = conn.call(&Request::Quit, Duration::from_secs(1));
     drop(conn);
-    wait_gone(&opts.socket, deadline);
+    wait_gone(socket, deadline);
     Attempt::Outdated
 }
 
@@ -378,22 +602,25 @@ fn set_timeout(stream: &Stream, timeout: Duration) {
 #[cfg(windows)]
 fn set_timeout(_stream: &Stream, _timeout: Duration) {}
 
-/// The start lock: one client at a time decides whether to spawn an agent.
+/// The start lock: one client at a time decides whether to spawn an agent
+/// for a store.
 struct StartLock(#[allow(dead_code)] File);
 
 impl StartLock {
     fn acquire(path: &Path, deadline: Instant) -> Result<StartLock, ClientError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| {
-                ClientError::Start(format!(
-                    "cannot open the start lock {}: {e}",
-                    path.display()
-                ))
-            })?;
+        let mut options = OpenOptions::new();
+        options.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(path).map_err(|e| {
+            ClientError::Start(format!(
+                "cannot open the start lock {}: {e}",
+                path.display()
+            ))
+        })?;
         loop {
             match file.try_lock() {
                 Ok(()) => return Ok(StartLock(file)),
@@ -486,4 +713,112 @@ pub fn agent_exe_near(own_exe: Option<&Path>) -> Option<PathBuf> {
         }
     }
     paths::find_on_path(name)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixListener;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("regent-client-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+        d
+    }
+
+    fn options(base: &Path) -> Options {
+        let mut opts = Options::new("test");
+        opts.socket = base.join("run").join("agent.sock");
+        opts.data_dir = base.join("data");
+        opts.start_timeout = Duration::from_secs(2);
+        opts
+    }
+
+    fn get() -> Request {
+        Request::Get {
+            server_url: "ghcr.io".into(),
+            env: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_listener_that_closes_at_once_counts_as_no_agent() {
+        let base = tempdir("closing");
+        let opts = options(&base);
+        paths::ensure_private_dir(opts.socket.parent().unwrap()).unwrap();
+        let listener = UnixListener::bind(&opts.socket).unwrap();
+        let accepting = thread::spawn(move || {
+            // Accept and drop, as an agent dying under a connected client does.
+            for _ in 0..2 {
+                if let Ok((conn, _)) = listener.accept() {
+                    drop(conn);
+                }
+            }
+        });
+        match call_with(&opts, &get()) {
+            Err(ClientError::NotRunning(s)) => assert_eq!(s, opts.socket),
+            Err(e) => panic!("expected NotRunning, got: {e}"),
+            Ok(_) => panic!("expected NotRunning, got an answer"),
+        }
+        drop(accepting);
+        fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn the_store_holder_is_read_from_its_lock() {
+        let base = tempdir("holder");
+        let data = base.join("data");
+        fs::create_dir_all(&data).unwrap();
+        assert!(store_holder(&data).is_none(), "no lock file: no holder");
+        let lock = paths::store_lock_path(&data);
+        fs::write(&lock, b"4242\n/run/user/1000/regent/agent.sock\n").unwrap();
+        assert!(store_holder(&data).is_none(), "an unlocked file: no holder");
+        let held = File::open(&lock).unwrap();
+        held.lock().unwrap();
+        let holder = store_holder(&data).expect("a holder");
+        assert_eq!(holder.pid, Some(4242));
+        assert_eq!(
+            holder.socket.as_deref(),
+            Some(Path::new("/run/user/1000/regent/agent.sock"))
+        );
+        drop(held);
+        assert!(store_holder(&data).is_none(), "released: no holder");
+
+        let partial = parse_holder(b"17\n/half/written");
+        assert_eq!(partial.pid, Some(17));
+        assert!(partial.socket.is_none());
+        let empty = parse_holder(b"");
+        assert!(empty.pid.is_none() && empty.socket.is_none());
+        fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn a_held_store_that_never_answers_is_named() {
+        let base = tempdir("held");
+        let opts = options(&base);
+        fs::create_dir_all(&opts.data_dir).unwrap();
+        let elsewhere = base.join("elsewhere.sock");
+        let lock = paths::store_lock_path(&opts.data_dir);
+        fs::write(&lock, format!("99\n{}\n", elsewhere.display())).unwrap();
+        let held = File::open(&lock).unwrap();
+        held.lock().unwrap();
+        let mut opts = opts;
+        opts.start_timeout = Duration::from_millis(300);
+        let err = match call_with(&opts, &get()) {
+            Err(e) => e,
+            Ok(_) => panic!("expected an error"),
+        };
+        let text = err.to_string();
+        assert!(
+            matches!(err, ClientError::StoreHeld { pid: Some(99), .. })
+                && text.contains(&elsewhere.display().to_string())
+                && text.contains(&opts.data_dir.display().to_string()),
+            "{text}"
+        );
+        drop(held);
+        fs::remove_dir_all(base).unwrap();
+    }
 }

@@ -1,9 +1,9 @@
-//! Where regent keeps things.
+//! Where regent keeps things, and what regent does to the directories.
 //!
 //! | what | path |
 //! |---|---|
-//! | agent socket | `$REGENT_SOCKET`, else `$XDG_RUNTIME_DIR/regent/agent.sock`, else `<temp dir>/regent-<uid>/agent.sock`; a named pipe `\\.\pipe\regent-<user>` on Windows |
-//! | start lock, pid file | beside the socket: `start.lock`, `agent.pid` |
+//! | agent socket | `$REGENT_SOCKET` (an absolute path), else `$XDG_RUNTIME_DIR/regent/agent.sock`, else `<temp dir>/regent-<uid>/agent.sock`; a named pipe `\\.\pipe\regent-<user>` on Windows |
+//! | store lock (pid and socket of the agent that holds the store), start lock | `<data dir>/regent/agent.lock`, `<data dir>/regent/start.lock` |
 //! | config file | `$REGENT_CONFIG`, else `<config dir>/regent/config.toml` |
 //! | key file of the `file` store | `<config dir>/regent/master.key` |
 //! | data: index, encrypted store | `<data dir>/regent/` |
@@ -11,9 +11,22 @@
 //!
 //! The config, data and state dirs are the platform's (`$XDG_CONFIG_HOME`,
 //! `$XDG_DATA_HOME`, `$XDG_STATE_HOME` with their defaults on Linux).
-//! The socket directory must be a real directory owned by the user with no
-//! group or other permissions; [`ensure_private_dir`] creates it that way and
-//! checks it before every use.
+//!
+//! # Socket directories
+//!
+//! The socket's directory must be a real directory (not a link) owned by the
+//! user, with no group or other permissions and no sticky bit;
+//! [`ensure_socket_dir`] checks it before every use. A missing directory is
+//! created 0700. regent changes the mode of only one kind of existing
+//! directory: its own default socket directory (`$XDG_RUNTIME_DIR/regent`,
+//! `<temp dir>/regent-<uid>`), which it tightens to 0700. Any other directory
+//! (the parent of a `REGENT_SOCKET`, such as `/tmp` or a home directory) that
+//! is loose or sticky is refused with the fix, never changed, and nothing is
+//! written into it. Nothing but the socket lives there.
+//!
+//! The socket path itself must be absolute and, when it exists, a socket of
+//! the user's: a regular file, a directory or a link there is refused and
+//! never removed.
 
 use std::env;
 use std::fmt;
@@ -51,7 +64,7 @@ fn default_socket_path() -> PathBuf {
     PathBuf::from(format!(r"\\.\pipe\regent-{user}"))
 }
 
-/// The directory that holds the socket, the start lock and the pid file.
+/// The directory that holds the socket.
 pub fn runtime_dir(socket: &Path) -> PathBuf {
     #[cfg(windows)]
     {
@@ -67,12 +80,16 @@ pub fn runtime_dir(socket: &Path) -> PathBuf {
     }
 }
 
-pub fn start_lock_path(socket: &Path) -> PathBuf {
-    runtime_dir(socket).join("start.lock")
+/// The store lock in `data_dir`: held by the one agent that serves the
+/// store there, for its whole life, and holding its pid and socket.
+pub fn store_lock_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("agent.lock")
 }
 
-pub fn pid_file_path(socket: &Path) -> PathBuf {
-    runtime_dir(socket).join("agent.pid")
+/// The start lock in `data_dir`: one client at a time decides whether to
+/// start an agent for the store there.
+pub fn start_lock_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("start.lock")
 }
 
 /// The user's home: `$HOME` (`%USERPROFILE%` on Windows), or `.` when
@@ -148,14 +165,41 @@ pub fn current_uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
-/// What is wrong with a directory regent was about to trust.
+/// What is wrong with a socket path or a directory regent was about to trust.
 #[derive(Debug)]
 pub enum DirError {
     Io(PathBuf, io::Error),
     Symlink(PathBuf),
     NotDirectory(PathBuf),
-    ForeignOwner { path: PathBuf, owner: u32, me: u32 },
+    ForeignOwner {
+        path: PathBuf,
+        owner: u32,
+        me: u32,
+    },
+    /// A directory regent did not create, with group or other permissions
+    /// or the sticky bit (the full mode).
+    Loose {
+        path: PathBuf,
+        mode: u32,
+    },
+    /// `REGENT_SOCKET` is not an absolute path.
+    RelativeSocket(PathBuf),
+    /// Something other than a socket is at the socket path.
+    NotSocket {
+        path: PathBuf,
+        what: &'static str,
+    },
+    /// A socket of another user is at the socket path.
+    ForeignSocket {
+        path: PathBuf,
+        owner: u32,
+        me: u32,
+    },
 }
+
+/// The fix for a socket directory that cannot be used.
+const PRIVATE_DIR_FIX: &str = "put the socket in a directory of your own: \
+     `mkdir -m 700 ~/.regent` and REGENT_SOCKET=~/.regent/agent.sock (or unset REGENT_SOCKET)";
 
 impl fmt::Display for DirError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -179,39 +223,93 @@ impl fmt::Display for DirError {
                  Remove it (as its owner or root) or set {SOCKET_ENV} to a socket in a private directory",
                 path.display()
             ),
+            DirError::Loose { path, mode } => write!(
+                f,
+                "{} has mode {mode:o}: a {} directory cannot hold regent's socket, and regent \
+                 changes no directory it did not create; {PRIVATE_DIR_FIX}",
+                path.display(),
+                if mode & 0o1000 != 0 {
+                    "shared (sticky)"
+                } else {
+                    "group- or world-accessible"
+                }
+            ),
+            DirError::RelativeSocket(p) => write!(
+                f,
+                "{SOCKET_ENV}={} is a relative path, which would name another socket in every \
+                 working directory; set {SOCKET_ENV} to an absolute path (e.g. ~/.regent/agent.sock) or unset it",
+                p.display()
+            ),
+            DirError::NotSocket { path, what } => write!(
+                f,
+                "{} is {what}, not a socket; regent never removes it. Set {SOCKET_ENV} to a \
+                 socket path of its own (e.g. ~/.regent/agent.sock) or unset it",
+                path.display()
+            ),
+            DirError::ForeignSocket { path, owner, me } => write!(
+                f,
+                "the socket {} belongs to uid {owner}, not to you (uid {me}): it is not your agent. \
+                 Remove it (as its owner or root) or set {SOCKET_ENV} to a socket in a private directory",
+                path.display()
+            ),
         }
     }
 }
 
 impl std::error::Error for DirError {}
 
-/// How [`ensure_private_dir`] found the directory.
+/// How [`ensure_socket_dir`] found the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DirState {
     Private,
-    /// It was ours but had group or other permissions (the old mode); they
-    /// were removed.
+    /// regent's own default socket directory had group or other
+    /// permissions or the sticky bit (the old mode); it is 0700 now.
     Tightened(u32),
 }
 
-/// Creates `dir` as a 0700 directory if it is missing, then checks that it is a
-/// real directory (not a link), owned by the current user, with no group or
-/// other permissions. Loose permissions on our own directory are tightened;
-/// anything else is refused.
+/// Checks the directory of `socket` before regent uses it: creates it 0700
+/// when missing, then requires a real directory owned by the current user
+/// with no group or other permissions and no sticky bit. Only regent's own
+/// default socket directory is tightened when loose; any other is refused
+/// and left as it is. A relative `socket` is refused.
+#[cfg(unix)]
+pub fn ensure_socket_dir(socket: &Path) -> Result<DirState, DirError> {
+    if !socket.is_absolute() {
+        return Err(DirError::RelativeSocket(socket.to_path_buf()));
+    }
+    let dir = runtime_dir(socket);
+    let own = default_socket_path().parent() == Some(dir.as_path());
+    check_dir(&dir, own)
+}
+
+#[cfg(windows)]
+pub fn ensure_socket_dir(_socket: &Path) -> Result<DirState, DirError> {
+    Ok(DirState::Private)
+}
+
+/// Creates `dir` as a 0700 directory if it is missing (and its missing
+/// parents, 0700 too), then checks that it is a real directory (not a
+/// link), owned by the current user, with no group or other permissions and
+/// no sticky bit. Anything else is refused; an existing directory's mode is
+/// never changed.
 #[cfg(unix)]
 pub fn ensure_private_dir(dir: &Path) -> Result<DirState, DirError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    check_dir(dir, false)
+}
 
-    if let Some(parent) = dir.parent()
-        && !parent.as_os_str().is_empty()
-    {
-        fs::create_dir_all(parent).map_err(|e| DirError::Io(parent.to_path_buf(), e))?;
-    }
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(DirError::Io(dir.to_path_buf(), e)),
-    }
+#[cfg(windows)]
+pub fn ensure_private_dir(dir: &Path) -> Result<DirState, DirError> {
+    fs::create_dir_all(dir).map_err(|e| DirError::Io(dir.to_path_buf(), e))?;
+    Ok(DirState::Private)
+}
+
+/// [`ensure_private_dir`]; `own`: the directory is regent's by name, and a
+/// loose mode is tightened instead of refused.
+#[cfg(unix)]
+fn check_dir(dir: &Path, own: bool) -> Result<DirState, DirError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    create_private_dir(dir).map_err(|e| DirError::Io(dir.to_path_buf(), e))?;
     let meta = fs::symlink_metadata(dir).map_err(|e| DirError::Io(dir.to_path_buf(), e))?;
     if meta.file_type().is_symlink() {
         return Err(DirError::Symlink(dir.to_path_buf()));
@@ -227,19 +325,80 @@ pub fn ensure_private_dir(dir: &Path) -> Result<DirState, DirError> {
             me,
         });
     }
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| DirError::Io(dir.to_path_buf(), e))?;
-        return Ok(DirState::Tightened(mode));
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o1077 == 0 {
+        return Ok(DirState::Private);
     }
-    Ok(DirState::Private)
+    if !own {
+        return Err(DirError::Loose {
+            path: dir.to_path_buf(),
+            mode,
+        });
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| DirError::Io(dir.to_path_buf(), e))?;
+    Ok(DirState::Tightened(mode))
+}
+
+/// Creates `dir` and its missing parents with mode 0700 (the XDG base
+/// directory rule); an existing directory is left as it is.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    match builder.create(dir) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        r => r,
+    }
+}
+
+/// Checks what is at the socket path: nothing, or a socket of the current
+/// user's. A regular file, a directory, a link or a foreign socket is
+/// refused; regent removes only a socket of its user's that refuses
+/// connections.
+#[cfg(unix)]
+pub fn check_socket_file(socket: &Path) -> Result<(), DirError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    let meta = match fs::symlink_metadata(socket) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(DirError::Io(socket.to_path_buf(), e)),
+    };
+    let kind = meta.file_type();
+    if !kind.is_socket() {
+        let what = if kind.is_file() {
+            "a regular file"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_symlink() {
+            "a symbolic link"
+        } else {
+            "a special file"
+        };
+        return Err(DirError::NotSocket {
+            path: socket.to_path_buf(),
+            what,
+        });
+    }
+    let me = current_uid();
+    if meta.uid() != me {
+        return Err(DirError::ForeignSocket {
+            path: socket.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(windows)]
-pub fn ensure_private_dir(dir: &Path) -> Result<DirState, DirError> {
-    fs::create_dir_all(dir).map_err(|e| DirError::Io(dir.to_path_buf(), e))?;
-    Ok(DirState::Private)
+pub fn check_socket_file(_socket: &Path) -> Result<(), DirError> {
+    Ok(())
 }
 
 #[cfg(all(test, unix))]
@@ -269,17 +428,85 @@ mod tests {
     }
 
     #[test]
-    fn tightens_loose_dir() {
+    fn refuses_a_loose_or_sticky_dir_and_leaves_it() {
         let base = tempdir();
-        let dir = base.join("loose");
+        for mode in [0o777, 0o755, 0o1777, 0o1700] {
+            let dir = base.join(format!("loose-{mode:o}"));
+            fs::create_dir(&dir).unwrap();
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+            let err = ensure_private_dir(&dir).unwrap_err();
+            assert!(
+                matches!(err, DirError::Loose { mode: m, .. } if m == mode),
+                "{mode:o}: {err}"
+            );
+            assert!(err.to_string().contains("mkdir -m 700"), "{err}");
+            let now = fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(
+                now, mode,
+                "the mode of a directory regent did not create changed"
+            );
+        }
+        fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn tightens_only_its_own_dir() {
+        let base = tempdir();
+        let dir = base.join("regent");
         fs::create_dir(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-        assert_eq!(
-            ensure_private_dir(&dir).unwrap(),
-            DirState::Tightened(0o777)
-        );
-        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(check_dir(&dir, true).unwrap(), DirState::Tightened(0o777));
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o700);
+        fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn a_relative_socket_is_refused_by_name() {
+        let err = ensure_socket_dir(Path::new("agent.sock")).unwrap_err();
+        assert!(matches!(err, DirError::RelativeSocket(_)), "{err}");
+        assert!(
+            err.to_string().contains("REGENT_SOCKET=agent.sock"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn only_a_socket_may_be_at_the_socket_path() {
+        let base = tempdir();
+        let missing = base.join("missing.sock");
+        check_socket_file(&missing).unwrap();
+        let file = base.join("config.json");
+        fs::write(&file, b"{}").unwrap();
+        let err = check_socket_file(&file).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DirError::NotSocket {
+                    what: "a regular file",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&file.display().to_string()),
+            "{err}"
+        );
+        let err = check_socket_file(&base).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DirError::NotSocket {
+                    what: "a directory",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let sock = base.join("s.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        check_socket_file(&sock).unwrap();
         fs::remove_dir_all(base).unwrap();
     }
 

@@ -203,9 +203,11 @@ fn a_peer_with_another_uid_is_refused() {
         .unwrap_or_default();
     assert!(!contains(&leftover, secret.as_bytes()));
 
-    // The agent survived and still serves us.
-    assert_eq!(env.agent_pid(), Some(pid), "the agent died or was replaced");
+    // The agent survived and still serves us. The helper first: the socket
+    // directory is its default one, which it tightens back to 0700; to the
+    // test's own in-process client it is a loose directory, refused as such.
     assert_eq!(env.get_ok("peer.example").secret, secret);
+    assert_eq!(env.agent_pid(), Some(pid), "the agent died or was replaced");
 }
 
 #[test]
