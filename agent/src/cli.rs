@@ -363,6 +363,7 @@ fn status(json: bool) -> anyhow::Result<ExitCode> {
             // checked here as the agent checks them; what only the agent can
             // find out (the store) comes from its log's last start.
             let config_error = Settings::load().err().map(|e| e.to_string());
+            let warnings = setup_warnings();
             let log = paths::log_file();
             let failed = last_start_failure(&log);
             if json {
@@ -372,6 +373,9 @@ fn status(json: bool) -> anyhow::Result<ExitCode> {
                 });
                 if let Some(e) = &config_error {
                     value["config_error"] = e.clone().into();
+                }
+                if !warnings.is_empty() {
+                    value["warnings"] = warnings.clone().into();
                 }
                 if let Some((time, message)) = &failed {
                     value["last_start_error"] = message.clone().into();
@@ -396,6 +400,9 @@ fn status(json: bool) -> anyhow::Result<ExitCode> {
                         "              (`regent start` or any docker-credential-regent call starts it)"
                     );
                 }
+                for w in &warnings {
+                    outln!("warning:      {w}");
+                }
             }
             return Ok(ExitCode::from(EXIT_NOT_RUNNING));
         }
@@ -405,14 +412,36 @@ fn status(json: bool) -> anyhow::Result<ExitCode> {
     let Response::Status(info) = resp else {
         bail!("unexpected answer from the agent: {}", resp.kind());
     };
+    let warnings = setup_warnings();
     if json {
         let mut value = serde_json::to_value(&*info)?;
         value["running"] = serde_json::Value::Bool(true);
+        if !warnings.is_empty() {
+            value["warnings"] = warnings.into();
+        }
         outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_status(&info);
+        for w in &warnings {
+            outln!("warning:      {w}");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What is wrong with the clients' set-up: a podman drop-in of an older
+/// regent that falls back to plaintext auth.json files.
+fn setup_warnings() -> Vec<String> {
+    setup::dropins_with_plaintext_fallback()
+        .into_iter()
+        .map(|path| {
+            format!(
+                "{} lets podman, buildah and skopeo save a login in a plaintext auth.json \
+                 when regent cannot store it; `regent setup podman` rewrites it",
+                path.display()
+            )
+        })
+        .collect()
 }
 
 /// The last start of a background agent, if it failed: its time and the
@@ -426,16 +455,33 @@ fn last_start_failure(log: &std::path::Path) -> Option<(String, String)> {
     file.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
     let mut bytes = Vec::new();
     file.take(TAIL).read_to_end(&mut bytes).ok()?;
-    let text = String::from_utf8_lossy(&bytes);
+    start_failure_in(&String::from_utf8_lossy(&bytes))
+}
+
+/// See [`last_start_failure`]; log lines read `<time>  <LEVEL> <message>`.
+fn start_failure_in(log: &str) -> Option<(String, String)> {
+    let mut starting = false;
     let mut failure = None;
-    for line in text.lines() {
-        if line.contains(" INFO agent starting") || line.contains(" INFO listening") {
-            failure = None;
-        } else if let Some((time, message)) = line.split_once(" ERROR ") {
-            failure.get_or_insert((time.trim().to_owned(), message.trim().to_owned()));
+    for line in log.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(time), Some(level)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let after_time = &line[line.find(time).unwrap_or(0) + time.len()..];
+        let rest = after_time.trim_start()[level.len()..].trim();
+        match level {
+            "INFO" if rest.starts_with("agent starting") => {
+                starting = true;
+                failure = None;
+            }
+            "INFO" if rest.starts_with("listening") => starting = false,
+            "ERROR" if starting && failure.is_none() => {
+                failure = Some((time.to_owned(), rest.to_owned()));
+            }
+            _ => {}
         }
     }
-    failure
+    failure.filter(|_| starting)
 }
 
 fn print_status(info: &StatusInfo) {
@@ -695,6 +741,27 @@ mod tests {
         assert_eq!(human_duration(61), "1m 1s");
         assert_eq!(human_duration(3 * 3600 + 120), "3h 2m");
         assert_eq!(human_duration(2 * 86400 + 3600), "2d 1h");
+    }
+
+    #[test]
+    fn a_failed_start_is_found_in_the_log() {
+        let started = "2026-01-01T00:00:00Z  INFO agent starting pid=1\n\
+                       2026-01-01T00:00:01Z  INFO listening socket=/s\n\
+                       2026-01-01T00:00:02Z ERROR a runtime error\n";
+        assert_eq!(start_failure_in(started), None);
+        let failed = format!(
+            "{started}2026-01-01T00:00:03Z  INFO agent starting pid=2\n\
+             2026-01-01T00:00:04Z ERROR the keyring store is not usable: no bus\n"
+        );
+        assert_eq!(
+            start_failure_in(&failed),
+            Some((
+                "2026-01-01T00:00:04Z".to_owned(),
+                "the keyring store is not usable: no bus".to_owned()
+            ))
+        );
+        let again = format!("{failed}2026-01-01T00:00:05Z  INFO agent starting pid=3\n");
+        assert_eq!(start_failure_in(&again), None, "a start under way");
     }
 
     #[test]

@@ -415,6 +415,22 @@ pub fn dropin_paths() -> Vec<PathBuf> {
     out
 }
 
+/// Drop-ins written by an older regent, whose `credential-helpers` put the
+/// plaintext `containers-auth.json` after regent (`regent status` warns).
+pub fn dropins_with_plaintext_fallback() -> Vec<PathBuf> {
+    dropin_paths()
+        .into_iter()
+        .filter(|path| {
+            fs::read_to_string(path).is_ok_and(|text| {
+                text.starts_with(DROPIN_MARKER)
+                    && text
+                        .lines()
+                        .any(|l| !l.starts_with('#') && l.contains("containers-auth.json"))
+            })
+        })
+        .collect()
+}
+
 /// The drop-in's one setting (see the module docs for why regent is alone).
 const DROPIN_SETTING: &str = "credential-helpers = [\"regent\"]";
 

@@ -685,3 +685,34 @@ fn e2e_podman_login_fails_with_regents_reason_when_regent_cannot_store() {
         );
     }
 }
+
+#[test]
+fn status_warns_of_an_older_drop_in_that_falls_back_to_plaintext() {
+    let env = env();
+    let dropin = env
+        .config_home
+        .join("containers/registries.conf.d/50-regent.conf");
+    fs::create_dir_all(dropin.parent().unwrap()).unwrap();
+    fs::write(
+        &dropin,
+        "# Written by `regent setup podman`; `regent setup --undo` removes it.\n\
+         credential-helpers = [\"regent\", \"containers-auth.json\"]\n",
+    )
+    .unwrap();
+    let out = env.regent(&["status"]);
+    assert!(
+        out.stdout().contains(&dropin.display().to_string())
+            && out.stdout().contains("regent setup podman"),
+        "{out}"
+    );
+    let setup = env.regent(&["setup", "podman"]);
+    assert!(setup.success(), "{setup}");
+    assert!(
+        !fs::read_to_string(&dropin)
+            .unwrap()
+            .contains("containers-auth.json")
+    );
+    let out = env.regent(&["status", "--json"]);
+    let v: Value = serde_json::from_str(&out.stdout()).unwrap();
+    assert!(v.get("warnings").is_none(), "{v}");
+}
