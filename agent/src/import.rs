@@ -284,7 +284,7 @@ pub fn run(args: Args, opts: &client::Options) -> anyhow::Result<ExitCode> {
         if !args.json {
             match &backup {
                 Some(backup) => outln!(
-                    "backup of {path} saved as {} (mode {BACKUP_MODE:o}): it still holds the \
+                    "backup of {path} saved as {} (mode {BACKUP_MODE:04o}): it still holds the \
                      plaintext credentials removed from {path}; delete it once you no longer \
                      need it (`regent import --no-backup` keeps none)",
                     backup.display()
@@ -338,8 +338,7 @@ pub fn run(args: Args, opts: &client::Options) -> anyhow::Result<ExitCode> {
     if !conflicts.is_empty() {
         bail!(
             "different logins for one registry need your choice: {}; delete the entry you do \
-             not want from its file (or log in again with the one you want), then run \
-             `regent import` again{}",
+             not want from its file, then run `regent import` again{}",
             conflicts.join(", "),
             if failed {
                 "; some other credentials could not be stored either (see above), and their \
