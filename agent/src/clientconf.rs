@@ -4,7 +4,9 @@
 //! Every rewrite is careful in the same ways: a file that cannot be read or
 //! parsed is an error and is never overwritten; the old contents are copied
 //! to `<file>.regent-bak.<unix time>` first (one per change, never
-//! overwritten); the new contents go to a temporary file in
+//! overwritten, mode 0600 whatever the file's own mode: a backup may hold
+//! the plaintext credentials `regent import` removed; `regent import
+//! --no-backup` keeps none); the new contents go to a temporary file in
 //! the same directory, are fsynced, and renamed over the old one, keeping its
 //! mode (0600 for a new file). A symlinked file (dotfile managers) is written
 //! through: its target is replaced, the link stays.
@@ -21,6 +23,8 @@ use serde_json::{Map, Value};
 
 /// The start of the suffix of the backups made before a file is changed.
 pub const BACKUP_SUFFIX: &str = ".regent-bak";
+/// The mode of every backup: it may hold credentials.
+pub const BACKUP_MODE: u32 = 0o600;
 
 /// docker's client config: `$DOCKER_CONFIG/config.json`, else
 /// `~/.docker/config.json`.
@@ -125,6 +129,11 @@ impl JsonFile {
     pub fn save(&self) -> anyhow::Result<Option<PathBuf>> {
         replace_file(&self.path, self.original.as_deref(), &self.render())
     }
+
+    /// Replaces the file atomically and keeps no backup.
+    pub fn save_without_backup(&self) -> anyhow::Result<()> {
+        replace_file(&self.path, None, &self.render()).map(drop)
+    }
 }
 
 /// Pretty JSON with tabs, as docker's own `config.json`, and a final newline.
@@ -140,8 +149,9 @@ pub fn render_json<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Writes `new` to `path` atomically, after copying `old` (the current
-/// contents, if any) to a new `<path>.regent-bak.<unix time>`, whose path
-/// is returned. Creates missing parent directories (0700).
+/// contents, if any) to a new `<path>.regent-bak.<unix time>` (mode
+/// [`BACKUP_MODE`]), whose path is returned. Creates missing parent
+/// directories (0700).
 pub fn replace_file(
     path: &Path,
     old: Option<&[u8]>,
@@ -168,7 +178,7 @@ pub fn replace_file(
     let backup = match old {
         Some(old) => {
             let backup = free_backup_path(&target);
-            write_atomic(&backup, old, mode)
+            write_atomic(&backup, old, BACKUP_MODE)
                 .with_context(|| "cannot write the backup; nothing was changed".to_string())?;
             Some(backup)
         }
@@ -240,11 +250,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// A short line diff of two texts, for `--dry-run`: `-` old, `+` new lines,
-/// with the common prefix and suffix left out.
-pub fn diff(path: &Path, old: &str, new: &str) -> String {
-    let a: Vec<&str> = old.lines().collect();
-    let b: Vec<&str> = new.lines().collect();
+/// A short line diff of a file as it is and as it would be, for
+/// `--dry-run`: `-` old, `+` new lines, with the common prefix and suffix
+/// left out. `None`: the file does not exist (before: it would be created;
+/// after: it would be removed); the headers say which.
+pub fn diff(path: &Path, old: Option<&str>, new: Option<&str>) -> String {
+    let header = match (old, new) {
+        (None, _) => format!("--- /dev/null\n+++ {} (would be created)\n", path.display()),
+        (Some(_), None) => format!("--- {}\n+++ /dev/null (would be removed)\n", path.display()),
+        (Some(_), Some(_)) => format!(
+            "--- {} (now)\n+++ {} (would be)\n",
+            path.display(),
+            path.display()
+        ),
+    };
+    let a: Vec<&str> = old.unwrap_or("").lines().collect();
+    let b: Vec<&str> = new.unwrap_or("").lines().collect();
     let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     let suffix = a[prefix..]
         .iter()
@@ -252,7 +273,7 @@ pub fn diff(path: &Path, old: &str, new: &str) -> String {
         .zip(b[prefix..].iter().rev())
         .take_while(|(x, y)| x == y)
         .count();
-    let mut out = format!("--- {}\n+++ {} (new)\n", path.display(), path.display());
+    let mut out = header;
     let context_from = prefix.saturating_sub(2);
     for line in &a[context_from..prefix] {
         out.push_str(&format!(" {line}\n"));
@@ -306,6 +327,8 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"{\"a\":1}\n");
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
+        let mode = fs::metadata(&first).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, BACKUP_MODE, "a backup may hold credentials");
         assert!(
             first
                 .display()
@@ -342,11 +365,22 @@ mod tests {
     fn diff_shows_only_the_change() {
         let d = diff(
             Path::new("f"),
-            "{\n\t\"a\": 1\n}\n",
-            "{\n\t\"a\": 1,\n\t\"b\": 2\n}\n",
+            Some("{\n\t\"a\": 1\n}\n"),
+            Some("{\n\t\"a\": 1,\n\t\"b\": 2\n}\n"),
         );
+        assert!(d.starts_with("--- f (now)\n+++ f (would be)\n"), "{d}");
         assert!(d.contains("-\t\"a\": 1\n"), "{d}");
         assert!(d.contains("+\t\"b\": 2\n"), "{d}");
         assert!(!d.contains("-{"), "{d}");
+        let gone = diff(Path::new("f"), Some("a\n"), None);
+        assert!(
+            gone.starts_with("--- f\n+++ /dev/null (would be removed)\n-a\n"),
+            "{gone}"
+        );
+        let created = diff(Path::new("f"), None, Some("a\n"));
+        assert!(
+            created.starts_with("--- /dev/null\n+++ f (would be created)\n+a\n"),
+            "{created}"
+        );
     }
 }

@@ -25,10 +25,15 @@
 //! Environment variables win over the file: `REGENT_STORE`, `REGENT_LOG`,
 //! `REGENT_KEYRING_SERVICE`. Unknown keys are an error, so a typo is caught
 //! rather than silently ignored; every error names the line and column.
+//! Values are checked here, once, for everyone who reads the config: the
+//! agent's start, `regent reload` (and SIGHUP) and `regent status`. A store
+//! or log level the agent would refuse at its start (`store = "memroy"`,
+//! `log = "loud"`) is refused by a reload too, with its line and column in
+//! the file, or the variable it came from.
 //! `regent reload` or SIGHUP re-reads the `[[registry]]` entries (the store
 //! and the log level take effect at the next start); a file that does not
-//! parse is refused and the config in force stays. The agent refuses to
-//! start with such a file.
+//! parse or check is refused and the config in force stays. The agent
+//! refuses to start with such a file.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -38,13 +43,14 @@ use regent_shared::registry;
 use serde::Deserialize;
 
 use crate::sources::{self, Source};
+use crate::store::select::Choice;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub store: Option<String>,
-    pub log: Option<String>,
-    pub keyring_service: Option<String>,
+    store: Option<toml::Spanned<String>>,
+    log: Option<toml::Spanned<String>>,
+    keyring_service: Option<toml::Spanned<String>>,
     #[serde(default)]
     registry: Vec<toml::Spanned<toml::Table>>,
     /// The `[[registry]]` entries, checked.
@@ -151,6 +157,33 @@ impl fmt::Debug for Rules {
     }
 }
 
+/// A check of one setting's value: the reason it is refused.
+type Check = fn(&str) -> Result<(), String>;
+
+/// The store a `store =` or `REGENT_STORE` value names; the agent opens it.
+pub fn check_store(value: &str) -> Result<Choice, String> {
+    value.parse()
+}
+
+/// The log level a `log =` or `REGENT_LOG` value names.
+pub fn check_log(value: &str) -> Result<tracing::Level, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| format!("unknown log level {value:?}: use error, warn, info, debug or trace"))
+}
+
+/// A keyring service name: the entries regent keeps are filed under it.
+pub fn check_keyring_service(value: &str) -> Result<(), String> {
+    if value.trim().is_empty() || value.chars().any(char::is_control) {
+        return Err(format!(
+            "keyring service {value:?} must be a non-empty name without control characters \
+             (the default is \"regent\")"
+        ));
+    }
+    Ok(())
+}
+
 fn take_string(table: &mut toml::Table, name: &str) -> Result<String, String> {
     match table.remove(name) {
         Some(toml::Value::String(s)) => Ok(s),
@@ -180,6 +213,12 @@ pub enum ConfigError {
     },
     #[error("the config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("{name}={value:?} is not valid: {message}; fix or unset it")]
+    Env {
+        name: &'static str,
+        value: String,
+        message: String,
+    },
 }
 
 /// The config in force: the file if it exists, then the environment on top.
@@ -210,6 +249,22 @@ impl Config {
         };
         let mut config: Config =
             toml::from_str(text).map_err(|e| invalid(e.span().map(|s| s.start), e.message()))?;
+        let checks: [(&str, &Option<toml::Spanned<String>>, Check); 3] = [
+            ("store", &config.store, |v| check_store(v).map(drop)),
+            ("log", &config.log, |v| check_log(v).map(drop)),
+            (
+                "keyring_service",
+                &config.keyring_service,
+                check_keyring_service,
+            ),
+        ];
+        for (key, value, check) in checks {
+            if let Some(value) = value
+                && let Err(e) = check(value.get_ref())
+            {
+                return Err(invalid(Some(value.span().start), &format!("`{key}`: {e}")));
+            }
+        }
         let mut rules = Vec::new();
         for entry in std::mem::take(&mut config.registry) {
             let start = entry.span().start;
@@ -260,16 +315,30 @@ impl Settings {
         let file_present = file.is_some();
         let mut file = file.unwrap_or_default();
         let rules = std::mem::take(&mut file.rules);
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        // A variable wins over the file, and is checked as the file is.
+        let env = |name: &'static str, check: Check| -> Result<Option<String>, ConfigError> {
+            let Some(value) = std::env::var(name).ok().filter(|v| !v.is_empty()) else {
+                return Ok(None);
+            };
+            match check(&value) {
+                Ok(()) => Ok(Some(value)),
+                Err(message) => Err(ConfigError::Env {
+                    name,
+                    value,
+                    message,
+                }),
+            }
+        };
+        let file_value = |v: Option<toml::Spanned<String>>| v.map(toml::Spanned::into_inner);
         Ok(Settings {
-            store: env("REGENT_STORE")
-                .or(file.store)
+            store: env("REGENT_STORE", |v| check_store(v).map(drop))?
+                .or(file_value(file.store))
                 .unwrap_or_else(|| "auto".into()),
-            log: env("REGENT_LOG")
-                .or(file.log)
+            log: env("REGENT_LOG", |v| check_log(v).map(drop))?
+                .or(file_value(file.log))
                 .unwrap_or_else(|| "info".into()),
-            keyring_service: env("REGENT_KEYRING_SERVICE")
-                .or(file.keyring_service)
+            keyring_service: env("REGENT_KEYRING_SERVICE", check_keyring_service)?
+                .or(file_value(file.keyring_service))
                 .unwrap_or_else(|| "regent".into()),
             rules,
             path,
@@ -285,8 +354,24 @@ mod tests {
     #[test]
     fn parses_known_keys() {
         let c = Config::parse("store = \"file\"\nlog = \"debug\"\n", Path::new("c.toml")).unwrap();
-        assert_eq!(c.store.as_deref(), Some("file"));
-        assert_eq!(c.log.as_deref(), Some("debug"));
+        assert_eq!(c.store.as_ref().map(|s| s.get_ref().as_str()), Some("file"));
+        assert_eq!(c.log.as_ref().map(|s| s.get_ref().as_str()), Some("debug"));
+    }
+
+    #[test]
+    fn values_the_start_refuses_are_refused_with_their_place() {
+        let e = error("log = \"info\"\nstore = \"memroy\"\n");
+        assert!(
+            e.contains("line 2, column 9") && e.contains("unknown store \"memroy\""),
+            "{e}"
+        );
+        let e = error("\nlog = \"loud\"\n");
+        assert!(
+            e.contains("line 2, column 7") && e.contains("unknown log level"),
+            "{e}"
+        );
+        let e = error("keyring_service = \"\"\n");
+        assert!(e.contains("line 1, column 19"), "{e}");
     }
 
     fn rules(text: &str) -> Rules {

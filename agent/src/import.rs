@@ -5,12 +5,27 @@
 //! user `<token>`, the way docker's helpers keep identity tokens) or an
 //! `auth` (base64 of `user:password`), the credential is stored through the
 //! agent. Only once the agent has acknowledged it is the entry removed from
-//! the file (backup kept, see [`crate::clientconf`]); `--keep` leaves the
-//! files alone. A file is only cleaned when its client already asks regent
-//! (docker: `credsStore` or `credHelpers` naming regent; podman: regent's
-//! registries.conf.d drop-in), so that no client loses a login it can still
-//! use. Malformed entries are reported and skipped. Secrets are never printed.
+//! the file; `--keep` leaves the files alone. A file is only cleaned when its
+//! client already asks regent (docker: `credsStore` or `credHelpers` naming
+//! regent; podman: regent's registries.conf.d drop-in), so that no client
+//! loses a login it can still use. Malformed entries are reported and
+//! skipped. Secrets are never printed.
+//!
+//! Entries are grouped by registry as regent keys them (`registry.example`
+//! and `https://registry.example`, `docker.io` and
+//! `https://index.docker.io/v1/` are one registry), across all the files
+//! read. One login under several spellings is imported once and removed
+//! everywhere. Different logins (user or secret) for one registry are a
+//! conflict regent cannot settle: nothing is imported or removed for that
+//! registry, the others proceed, and the command exits non-zero saying which
+//! entries to choose between.
+//!
+//! A changed file is backed up first as `<file>.regent-bak.<time>`, mode
+//! 0600 (see [`crate::clientconf`]): the backup holds the plaintext that was
+//! removed, and the output says so and where. `--no-backup` keeps none.
+//! A file named on the command line that does not exist is an error.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,7 +39,8 @@ use serde::Serialize;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use crate::clientconf::{self, JsonFile};
+use crate::cli::outln;
+use crate::clientconf::{self, BACKUP_MODE, JsonFile};
 use crate::setup::{HELPER_NAME, dropin_paths};
 
 pub struct Args {
@@ -32,6 +48,8 @@ pub struct Args {
     pub keep: bool,
     pub dry_run: bool,
     pub json: bool,
+    /// Back up each file before it is changed.
+    pub backup: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,12 +67,26 @@ struct Outcome {
     registry: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     username: Option<String>,
-    /// imported | would-import | skipped | failed
+    /// imported | would-import | skipped | failed | conflict
     result: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
     /// True when the entry was removed from the file.
     removed: bool,
+    /// The backup of the file made before the entry was removed; it still
+    /// holds the entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backup: Option<String>,
+}
+
+/// One entry with a login, waiting for its group's verdict.
+struct Candidate {
+    /// Index into the outcomes.
+    outcome: usize,
+    file: usize,
+    registry: String,
+    username: String,
+    secret: Secret,
 }
 
 pub fn run(args: Args, opts: &client::Options) -> anyhow::Result<ExitCode> {
@@ -65,6 +97,18 @@ pub fn run(args: Args, opts: &client::Options) -> anyhow::Result<ExitCode> {
         }
         files.into_iter().filter(|(p, _)| p.exists()).collect()
     } else {
+        for p in &args.files {
+            match std::fs::metadata(p) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => bail!("{} is not a file; nothing was imported", p.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                    "{} does not exist; nothing was imported (name docker's config.json or a \
+                     containers auth.json, or run `regent import` alone to read the usual places)",
+                    p.display()
+                ),
+                Err(e) => bail!("cannot read {}: {e}; nothing was imported", p.display()),
+            }
+        }
         args.files
             .iter()
             .map(|p| {
@@ -77,94 +121,142 @@ pub fn run(args: Args, opts: &client::Options) -> anyhow::Result<ExitCode> {
             })
             .collect()
     };
+    // Every file is read (and must parse) before anything is stored.
+    let mut loaded = Vec::new();
+    for (path, flavor) in &files {
+        loaded.push((JsonFile::load(path)?, *flavor));
+    }
 
     let mut outcomes = Vec::new();
-    let mut conn: Option<Connection> = None;
-    let mut failed = false;
-    for (path, flavor) in &files {
-        let mut file = JsonFile::load(path)?;
-        let wired = client_asks_regent(&file, *flavor);
-        let Some(Value::Object(auths)) = file.value.get("auths").cloned() else {
+    let mut groups: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
+    for (i, (file, _)) in loaded.iter().enumerate() {
+        let Some(Value::Object(auths)) = file.value.get("auths") else {
             continue;
         };
-        let mut imported = Vec::new();
-        for (registry, entry) in &auths {
+        for (registry, entry) in auths {
             let mut outcome = Outcome {
-                file: path.display().to_string(),
+                file: file.path.display().to_string(),
                 registry: registry.clone(),
                 username: None,
                 result: "skipped",
                 reason: None,
                 removed: false,
+                backup: None,
             };
             match decode_entry(entry) {
                 Ok(None) => continue,
-                Err(why) => {
-                    outcome.reason = Some(why);
-                    outcomes.push(outcome);
-                    continue;
-                }
+                Err(why) => outcome.reason = Some(why),
                 Ok(Some((username, secret))) => {
                     outcome.username = Some(username.clone());
-                    if registry::canonical(registry).is_err() {
-                        outcome.reason = Some("not a registry name regent can key".into());
-                    } else if args.dry_run {
-                        outcome.result = "would-import";
-                    } else {
-                        let c = match &mut conn {
-                            Some(c) => c,
-                            None => {
-                                let (c, _) = client::call_with(opts, &Request::Status)?;
-                                conn.insert(c)
-                            }
-                        };
-                        let req = Request::Store {
-                            server_url: registry.clone(),
+                    match registry::canonical(registry) {
+                        Err(_) => {
+                            outcome.reason = Some("not a registry name regent can key".into())
+                        }
+                        Ok(key) => groups.entry(key).or_default().push(Candidate {
+                            outcome: outcomes.len(),
+                            file: i,
+                            registry: registry.clone(),
                             username,
                             secret,
-                        };
-                        match c.call(&req, Duration::from_secs(30)) {
-                            Ok(Response::Done) => {
-                                outcome.result = "imported";
-                                imported.push(registry.clone());
-                            }
-                            Ok(Response::Error { message, .. }) => {
-                                outcome.result = "failed";
-                                outcome.reason = Some(message);
-                                failed = true;
-                            }
-                            Ok(other) => {
-                                outcome.result = "failed";
-                                outcome.reason =
-                                    Some(format!("unexpected answer: {}", other.kind()));
-                                failed = true;
-                            }
-                            Err(e) => {
-                                outcome.result = "failed";
-                                outcome.reason = Some(e.to_string());
-                                failed = true;
-                                conn = None;
-                            }
-                        }
+                        }),
                     }
-                    outcomes.push(outcome);
+                }
+            }
+            outcomes.push(outcome);
+        }
+    }
+
+    let mut conn: Option<Connection> = None;
+    let mut failed = false;
+    let mut conflicts = Vec::new();
+    // Per file, the registries (as spelled there) whose login regent now holds.
+    let mut imported: Vec<Vec<String>> = vec![Vec::new(); loaded.len()];
+    for (key, group) in &groups {
+        let first = &group[0];
+        let same = group
+            .iter()
+            .all(|c| c.username == first.username && c.secret.expose() == first.secret.expose());
+        if !same {
+            let places: Vec<String> = group
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} as \"{}\" in {}",
+                        c.username,
+                        c.registry,
+                        loaded[c.file].0.path.display()
+                    )
+                })
+                .collect();
+            let reason = format!(
+                "{} different logins for {key} ({}); nothing was imported or removed for it",
+                group.len(),
+                places.join(", ")
+            );
+            for c in group {
+                outcomes[c.outcome].result = "conflict";
+                outcomes[c.outcome].reason = Some(reason.clone());
+            }
+            conflicts.push(key.clone());
+            continue;
+        }
+        if args.dry_run {
+            for c in group {
+                outcomes[c.outcome].result = "would-import";
+            }
+            continue;
+        }
+        let c = match &mut conn {
+            Some(c) => c,
+            None => {
+                let (c, _) = client::call_with(opts, &Request::Status)?;
+                conn.insert(c)
+            }
+        };
+        let req = Request::Store {
+            server_url: first.registry.clone(),
+            username: first.username.clone(),
+            secret: first.secret.clone(),
+        };
+        let error = match c.call(&req, Duration::from_secs(30)) {
+            Ok(Response::Done) => None,
+            Ok(Response::Error { message, .. }) => Some(message),
+            Ok(other) => Some(format!("unexpected answer: {}", other.kind())),
+            Err(e) => {
+                conn = None;
+                Some(e.to_string())
+            }
+        };
+        for c in group {
+            match &error {
+                None => {
+                    outcomes[c.outcome].result = "imported";
+                    imported[c.file].push(c.registry.clone());
+                }
+                Some(message) => {
+                    outcomes[c.outcome].result = "failed";
+                    outcomes[c.outcome].reason = Some(message.clone());
                 }
             }
         }
+        failed |= error.is_some();
+    }
 
-        if imported.is_empty() || args.keep || args.dry_run {
+    for (i, (file, flavor)) in loaded.iter_mut().enumerate() {
+        let done = &imported[i];
+        if done.is_empty() || args.keep || args.dry_run {
             continue;
         }
-        if !wired {
+        if !client_asks_regent(file, *flavor) {
             if !args.json {
                 let how = match flavor {
                     Flavor::Docker => "regent setup docker",
                     Flavor::Containers => "regent setup podman",
                 };
-                println!(
+                outln!(
                     "kept the plaintext entries in {}: its clients do not ask regent yet; run \
                      `{how}`, then `regent import` again to remove them",
-                    path.display()
+                    file.path.display()
                 );
             }
             continue;
@@ -172,7 +264,7 @@ pub fn run(args: Args, opts: &client::Options) -> anyhow::Result<ExitCode> {
         let Some(Value::Object(auths)) = file.value.get_mut("auths") else {
             continue;
         };
-        for registry in &imported {
+        for registry in done {
             match flavor {
                 Flavor::Docker => {
                     auths.insert(registry.clone(), Value::Object(Default::default()));
@@ -182,27 +274,41 @@ pub fn run(args: Args, opts: &client::Options) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        if let Some(backup) = file.save()?
-            && !args.json
-        {
-            println!("backup of {} saved as {}", path.display(), backup.display());
+        let backup = if args.backup {
+            file.save()?
+        } else {
+            file.save_without_backup()?;
+            None
+        };
+        let path = file.path.display().to_string();
+        if !args.json {
+            match &backup {
+                Some(backup) => outln!(
+                    "backup of {path} saved as {} (mode {BACKUP_MODE:04o}): it still holds the \
+                     plaintext credentials removed from {path}; delete it once you no longer \
+                     need it (`regent import --no-backup` keeps none)",
+                    backup.display()
+                ),
+                None => outln!("changed {path}; no backup kept (--no-backup)"),
+            }
         }
         for o in outcomes.iter_mut() {
-            if o.file == path.display().to_string() && imported.contains(&o.registry) {
+            if o.file == path && o.result == "imported" && done.contains(&o.registry) {
                 o.removed = true;
+                o.backup = backup.as_ref().map(|b| b.display().to_string());
             }
         }
     }
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&outcomes)?);
+        outln!("{}", serde_json::to_string_pretty(&outcomes)?);
     } else if outcomes.is_empty() {
         if files.is_empty() {
-            println!("found no docker config.json or containers auth.json to import from");
+            outln!("found no docker config.json or containers auth.json to import from");
         } else {
-            println!("no plaintext credentials found in:");
+            outln!("no plaintext credentials found in:");
             for (path, _) in &files {
-                println!("  {}", path.display());
+                outln!("  {}", path.display());
             }
         }
     } else {
@@ -221,11 +327,26 @@ pub fn run(args: Args, opts: &client::Options) -> anyhow::Result<ExitCode> {
                 .as_deref()
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "{:<12} {}{user} from {}{how}{why}",
-                o.result, o.registry, o.file
+                o.result,
+                o.registry,
+                o.file
             );
         }
+    }
+    if !conflicts.is_empty() {
+        bail!(
+            "different logins for one registry need your choice: {}; delete the entry you do \
+             not want from its file, then run `regent import` again{}",
+            conflicts.join(", "),
+            if failed {
+                "; some other credentials could not be stored either (see above), and their \
+                 entries were kept"
+            } else {
+                ""
+            }
+        );
     }
     if failed {
         bail!("some credentials could not be stored (see above); their entries were kept");

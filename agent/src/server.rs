@@ -80,7 +80,9 @@ impl AgentState {
         Ok((path, count))
     }
 
+    /// `regent status`: bare values, each note in a field of its own.
     fn status(&self) -> StatusInfo {
+        let (location, detail) = split_note(self.credentials.location());
         StatusInfo {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -90,12 +92,26 @@ impl AgentState {
             socket: self.socket.clone(),
             store: self.credentials.kind().name().to_owned(),
             store_reason: self.store_reason.clone(),
-            store_location: Some(self.credentials.location()),
+            store_location: Some(location),
+            store_detail: detail,
             credentials: self.credentials.len(),
-            config: self.config.clone(),
+            config: Some(self.config_path.display().to_string()),
+            config_present: self.config_path.exists(),
             log: self.log.clone(),
         }
     }
+}
+
+/// `"<value> (<note>)"` split into the value and the note: a backend's
+/// location reads `/path/secrets.enc (AES-256-GCM; master key in ...)`.
+fn split_note(text: String) -> (String, Option<String>) {
+    if let Some(inner) = text.strip_suffix(')')
+        && let Some(open) = inner.find(" (")
+    {
+        let note = inner[open + 2..].to_owned();
+        return (inner[..open].to_owned(), Some(note));
+    }
+    (text, None)
 }
 
 /// Serves connections until `state.shutdown` turns true.
@@ -259,7 +275,6 @@ async fn dispatch(req: Request, session: &mut Session, state: &AgentState) -> Re
                 match registry::canonical(&server_url) {
                     Err(e) => Response::error(ErrorKind::BadRequest, e.to_string()),
                     Ok(key) => {
-                        let size = secret.len();
                         let server_url = server_url.trim().to_owned();
                         match state
                             .credentials
@@ -267,7 +282,7 @@ async fn dispatch(req: Request, session: &mut Session, state: &AgentState) -> Re
                             .await
                         {
                             Ok(()) => {
-                                tracing::info!(key, secret_bytes = size, "stored");
+                                tracing::info!(key, "stored");
                                 Response::Done
                             }
                             Err(e) => Response::error(
@@ -406,14 +421,13 @@ async fn secret_set(state: &AgentState, name: String, secret: regent_shared::Sec
         );
     }
     let key = secrets::store_key(&name);
-    let size = secret.len();
     match state
         .credentials
         .store(key.clone(), key, "secret".into(), secret)
         .await
     {
         Ok(()) => {
-            tracing::info!(name, secret_bytes = size, "named secret stored");
+            tracing::info!(name, "named secret stored");
             Response::Done
         }
         Err(e) => Response::error(

@@ -3,12 +3,20 @@
 //!
 //! - docker: `"credsStore": "regent"` in docker's `config.json` (or
 //!   `"credHelpers": {"HOST": "regent"}` with `--helper-for HOST`), every
-//!   other key kept.
+//!   other key kept. docker matches `credHelpers` keys exactly, against the
+//!   registry as an image reference names it, so HOST is written the way
+//!   docker looks it up: `https://Quay.io/` becomes `quay.io`, and Docker Hub
+//!   (`docker.io`, `index.docker.io`, ...) `https://index.docker.io/v1/`.
 //! - podman, buildah, skopeo ignore `credsStore`; they read
 //!   `credential-helpers` from `registries.conf`. regent writes a drop-in,
-//!   `~/.config/containers/registries.conf.d/50-regent.conf`, that puts regent
-//!   first and keeps the built-in `containers-auth.json` second, so the
-//!   user's own `registries.conf` is never touched.
+//!   `~/.config/containers/registries.conf.d/50-regent.conf`, with
+//!   `credential-helpers = ["regent"]`, so the user's own `registries.conf`
+//!   is never touched. regent is the only helper on purpose: with the
+//!   built-in `containers-auth.json` after it, a login regent cannot store
+//!   (no keyring, say) would land in plaintext `auth.json` with "Login
+//!   Succeeded!"; alone, the login fails with regent's reason. Logins
+//!   already in an `auth.json` are then not read: `regent import` moves
+//!   them into regent, and `regent setup podman` says when there are any.
 //!
 //! What was there before (a previous `credsStore`, `credHelpers` entry) is
 //! recorded in `<state dir>/setup.json`, which `--undo` reads to restore it.
@@ -24,6 +32,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::cli::{out, outln};
 use crate::clientconf::{self, JsonFile};
 
 /// The helper name clients are given: they run `docker-credential-regent`.
@@ -122,9 +131,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         clients = detect_clients(args.undo);
         if clients.is_empty() {
             if args.undo {
-                println!("nothing to undo: regent has not set up any client");
+                outln!("nothing to undo: regent has not set up any client");
             } else {
-                println!(
+                outln!(
                     "found no docker or podman/buildah/skopeo here; name one to set it up \
                      anyway: `regent setup docker` or `regent setup podman`"
                 );
@@ -194,25 +203,52 @@ fn check_helper_on_path() {
 fn write_or_show(file: &JsonFile, dry_run: bool) -> anyhow::Result<()> {
     if !dry_run {
         if let Some(backup) = file.save()? {
-            println!("        previous version saved as {}", backup.display());
+            outln!("        previous version saved as {}", backup.display());
         }
         return Ok(());
     }
-    let old = file
-        .original
-        .as_deref()
-        .map(String::from_utf8_lossy)
-        .unwrap_or_default();
+    let old = file.original.as_deref().map(String::from_utf8_lossy);
     let new = file.render();
-    print!(
+    out!(
         "{}",
-        clientconf::diff(&file.path, &old, &String::from_utf8_lossy(&new))
+        clientconf::diff(
+            &file.path,
+            old.as_deref(),
+            Some(&String::from_utf8_lossy(&new))
+        )
     );
     Ok(())
 }
 
+/// The `credHelpers` key docker looks up for the registry `host` names:
+/// docker matches the key exactly against the registry part of an image
+/// reference (`host[:port]`, lower case, no scheme or path), and against
+/// `https://index.docker.io/v1/` for Docker Hub.
+fn docker_helper_key(host: &str) -> anyhow::Result<String> {
+    let key = regent_shared::registry::canonical(host).map_err(|e| {
+        anyhow::anyhow!("--helper-for {host:?}: {e}; give a registry host such as ghcr.io")
+    })?;
+    if key == regent_shared::registry::DOCKER_HUB {
+        return Ok(DOCKER_HUB_CONFIG_KEY.to_owned());
+    }
+    if key.contains('/') {
+        bail!("--helper-for {host:?}: give a registry host such as ghcr.io, not a path under one");
+    }
+    Ok(key)
+}
+
+/// Docker Hub's key in docker's `config.json`.
+const DOCKER_HUB_CONFIG_KEY: &str = "https://index.docker.io/v1/";
+
 fn setup_docker(state: &mut State, hosts: &[String], dry_run: bool) -> anyhow::Result<()> {
     let path = clientconf::docker_config_path();
+    let mut keys = Vec::new();
+    for host in hosts {
+        let key = docker_helper_key(host)?;
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
     let mut file = JsonFile::load(&path)?;
     let record = state.docker.get_or_insert_with(|| DockerState {
         config: path.clone(),
@@ -253,53 +289,37 @@ fn setup_docker(state: &mut State, hosts: &[String], dry_run: bool) -> anyhow::R
                 path.display()
             );
         };
-        for host in hosts {
-            let host = host.trim();
-            if host.is_empty() || host.contains(char::is_whitespace) {
-                bail!("--helper-for needs a registry host such as ghcr.io, not {host:?}");
-            }
-            let current = helpers.get(host).and_then(Value::as_str).map(str::to_owned);
+        for key in &keys {
+            let current = helpers.get(key).and_then(Value::as_str).map(str::to_owned);
             if current.as_deref() != Some(HELPER_NAME) {
-                record.helper_for.insert(host.to_owned(), current);
-                helpers.insert(host.to_owned(), Value::String(HELPER_NAME.into()));
+                record.helper_for.insert(key.clone(), current);
+                helpers.insert(key.clone(), Value::String(HELPER_NAME.into()));
             }
         }
     }
 
-    if let Some(Value::Object(auths)) = file.value.get("auths") {
-        let plain = auths
-            .values()
-            .filter(|v| {
-                v.get("auth")
-                    .and_then(Value::as_str)
-                    .is_some_and(|s| !s.is_empty())
-                    || v.get("identitytoken")
-                        .and_then(Value::as_str)
-                        .is_some_and(|s| !s.is_empty())
-            })
-            .count();
-        if plain > 0 {
-            notes.push(format!(
-                "{} holds {plain} plaintext credential(s); move them into regent with \
-                 `regent import`",
-                path.display()
-            ));
-        }
+    let plain = plaintext_count(&file);
+    if plain > 0 {
+        notes.push(format!(
+            "{} holds {plain} plaintext credential(s); move them into regent with \
+             `regent import`",
+            path.display()
+        ));
     }
 
     if !file.changed() {
-        println!("docker: already set up ({})", path.display());
+        outln!("docker: already set up ({})", path.display());
     } else {
         if !dry_run {
             if hosts.is_empty() {
-                println!(
+                outln!(
                     "docker: credsStore = \"{HELPER_NAME}\" in {}",
                     path.display()
                 );
             } else {
-                println!(
+                outln!(
                     "docker: credHelpers {} = \"{HELPER_NAME}\" in {}",
-                    hosts.join(", "),
+                    keys.join(", "),
                     path.display()
                 );
             }
@@ -307,14 +327,14 @@ fn setup_docker(state: &mut State, hosts: &[String], dry_run: bool) -> anyhow::R
         write_or_show(&file, dry_run)?;
     }
     for note in notes {
-        println!("        note: {note}");
+        outln!("        note: {note}");
     }
     Ok(())
 }
 
 fn undo_docker(state: &mut State, dry_run: bool) -> anyhow::Result<()> {
     let Some(record) = state.docker.take() else {
-        println!("docker: nothing to undo");
+        outln!("docker: nothing to undo");
         return Ok(());
     };
     let path = record.config.clone();
@@ -356,17 +376,17 @@ fn undo_docker(state: &mut State, dry_run: bool) -> anyhow::Result<()> {
         }
     }
     if !file.changed() {
-        println!("docker: nothing to undo in {}", path.display());
+        outln!("docker: nothing to undo in {}", path.display());
     } else {
         if !dry_run {
-            println!("docker: restoring {}", path.display());
+            outln!("docker: restoring {}", path.display());
         }
         if let Err(e) = write_or_show(&file, dry_run) {
             state.docker = Some(record);
             return Err(e);
         }
         if !dry_run {
-            println!(
+            outln!(
                 "        note: credentials stored in regent stay there (`regent ls` lists them); \
                  docker no longer asks for them"
             );
@@ -395,13 +415,66 @@ pub fn dropin_paths() -> Vec<PathBuf> {
     out
 }
 
+/// Drop-ins written by an older regent, whose `credential-helpers` put the
+/// plaintext `containers-auth.json` after regent (`regent status` warns).
+pub fn dropins_with_plaintext_fallback() -> Vec<PathBuf> {
+    dropin_paths()
+        .into_iter()
+        .filter(|path| {
+            fs::read_to_string(path).is_ok_and(|text| {
+                text.starts_with(DROPIN_MARKER)
+                    && text
+                        .lines()
+                        .any(|l| !l.starts_with('#') && l.contains("containers-auth.json"))
+            })
+        })
+        .collect()
+}
+
+/// The drop-in's one setting (see the module docs for why regent is alone).
+const DROPIN_SETTING: &str = "credential-helpers = [\"regent\"]";
+
 fn dropin_contents() -> String {
     format!(
         "{DROPIN_MARKER}; `regent setup --undo` removes it.\n\
-         # podman, buildah and skopeo ask docker-credential-regent first, then their own\n\
-         # auth.json files.\n\
-         credential-helpers = [\"{HELPER_NAME}\", \"containers-auth.json\"]\n"
+         # podman, buildah and skopeo ask docker-credential-regent, and only it: a login\n\
+         # regent cannot store fails with regent's reason instead of going to a\n\
+         # plaintext auth.json. `regent import` moves logins already in auth.json.\n\
+         {DROPIN_SETTING}\n"
     )
+}
+
+/// Plaintext logins in the auth files podman & co read by themselves
+/// (their auth.json files and docker's config.json), which the drop-in
+/// makes them stop reading: `(file, count)`.
+fn plaintext_auth_files() -> Vec<(PathBuf, usize)> {
+    let mut files = clientconf::containers_auth_paths();
+    files.push(clientconf::docker_config_path());
+    files
+        .into_iter()
+        .filter_map(|path| {
+            let file = JsonFile::load(&path).ok()?;
+            let n = plaintext_count(&file);
+            (n > 0).then_some((path, n))
+        })
+        .collect()
+}
+
+/// The `auths` entries of a client file that hold a secret.
+fn plaintext_count(file: &JsonFile) -> usize {
+    let Some(Value::Object(auths)) = file.value.get("auths") else {
+        return 0;
+    };
+    auths
+        .values()
+        .filter(|v| {
+            ["auth", "identitytoken"].iter().any(|k| {
+                v.get(k)
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.is_empty())
+            })
+        })
+        .count()
 }
 
 fn read_optional(path: &Path) -> anyhow::Result<Option<String>> {
@@ -430,23 +503,24 @@ fn setup_podman(state: &mut State, dry_run: bool) -> anyhow::Result<()> {
     }
     for (path, text) in paths.iter().zip(&current) {
         if text.as_deref() == Some(want.as_str()) {
-            println!("podman: already set up ({})", path.display());
+            outln!("podman: already set up ({})", path.display());
         } else if dry_run {
-            print!(
-                "{}",
-                clientconf::diff(path, text.as_deref().unwrap_or(""), &want)
-            );
+            out!("{}", clientconf::diff(path, text.as_deref(), Some(&want)));
         } else {
             write_new_file(path, want.as_bytes())?;
-            println!(
-                "podman: credential-helpers = [\"{HELPER_NAME}\", \"containers-auth.json\"] in {}",
-                path.display()
-            );
+            outln!("podman: {DROPIN_SETTING} in {}", path.display());
         }
     }
     if !dry_run {
-        println!("        (used by podman, buildah and skopeo; your registries.conf is unchanged)");
+        outln!("        (used by podman, buildah and skopeo; your registries.conf is unchanged)");
         state.podman = Some(PodmanState { dropins: paths });
+    }
+    for (path, n) in plaintext_auth_files() {
+        outln!(
+            "        note: {} holds {n} plaintext login(s), which podman, buildah and skopeo \
+             no longer read; move them into regent with `regent import`",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -468,16 +542,16 @@ fn undo_podman(state: &mut State, dry_run: bool) -> anyhow::Result<()> {
             Ok(text) if text.starts_with(DROPIN_MARKER) => {
                 any = true;
                 if dry_run {
-                    print!("{}", clientconf::diff(path, &text, ""));
+                    out!("{}", clientconf::diff(path, Some(&text), None));
                 } else {
                     fs::remove_file(path)
                         .with_context(|| format!("cannot remove {}", path.display()))?;
-                    println!("podman: removed {}", path.display());
+                    outln!("podman: removed {}", path.display());
                 }
             }
             Ok(_) => {
                 any = true;
-                println!(
+                outln!(
                     "podman: {} was not written by regent; left as it is",
                     path.display()
                 );
@@ -486,7 +560,7 @@ fn undo_podman(state: &mut State, dry_run: bool) -> anyhow::Result<()> {
         }
     }
     if !any {
-        println!("podman: nothing to undo");
+        outln!("podman: nothing to undo");
     }
     if !dry_run {
         state.podman = None;

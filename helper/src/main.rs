@@ -185,6 +185,14 @@ fn erase() -> Result<(), Failure> {
 
 /// `list` never reads stdin: Go clients write `unused`, docker-py closes it,
 /// and a terminal would block.
+///
+/// When the agent cannot be reached or started, `list` prints `{}` and exits
+/// 0, with the reason on stderr. This is deliberate: docker's classic
+/// builder (`DOCKER_BUILDKIT=0`), `docker run --use-api-socket` and compose
+/// v1 call `list` (then `get` per key) before every build, and a failing
+/// `list` would break builds that need no login at all (public base images).
+/// Nothing is hidden: the reason is on stderr, and every `store` (a login)
+/// fails loudly with it.
 fn list() -> Result<(), Failure> {
     match client::call(&options(GET_START_BUDGET), &Request::List) {
         Ok(Response::List { entries }) => {
@@ -195,9 +203,9 @@ fn list() -> Result<(), Failure> {
         }
         Ok(other) => Err(unexpected(other)),
         // Like `get`: without an agent there is nothing to list, and classic
-        // `docker build` must still run.
+        // `docker build` must still run (see above).
         Err(e) => {
-            eprintln!("{NAME}: {e}");
+            eprintln!("{NAME}: {e}; listing no credentials");
             print_out("{}\n");
             Ok(())
         }

@@ -244,12 +244,20 @@ pub struct StatusInfo {
     pub socket: String,
     /// `keyring`, `file`, `keyutils` or `memory`.
     pub store: String,
-    /// Why this store was chosen, in words.
+    /// Why this store was chosen, in words (one line).
     pub store_reason: String,
-    /// Where the store keeps its data, if anywhere.
+    /// Where the store keeps its data, if anywhere: a path or a keyring
+    /// name, nothing else.
     pub store_location: Option<String>,
+    /// More about the location: the cipher, where the master key comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_detail: Option<String>,
     pub credentials: usize,
+    /// The config file's path, whether or not it exists.
     pub config: Option<String>,
+    /// True when the config file exists.
+    #[serde(default)]
+    pub config_present: bool,
     pub log: Option<String>,
 }
 

@@ -192,7 +192,7 @@ fn setup_podman_writes_a_drop_in_and_undo_removes_it() {
     for path in [dropin(&env), home_dropin(&env)] {
         let text = fs::read_to_string(&path).unwrap();
         assert!(
-            text.contains("credential-helpers = [\"regent\", \"containers-auth.json\"]"),
+            text.contains("credential-helpers = [\"regent\"]\n"),
             "{}: {text}",
             path.display()
         );

@@ -93,8 +93,9 @@ fn open_kind(kind: StoreKind, ctx: &StoreContext, why: &str) -> Result<Opened, S
         StoreKind::Keyring => {
             keyring::probe(&ctx.keyring_service, EXPLICIT_PROBE_TIMEOUT).map_err(|why| {
                 StoreError::Unavailable(format!(
-                    "the keyring store is not usable: {why}; unlock or start {OS_KEYRING_NAME}, \
-                     or set REGENT_STORE=file"
+                    "the keyring store is not usable: {}; start or unlock {OS_KEYRING_NAME}, \
+                     or set REGENT_STORE=file",
+                    cause(&why)
                 ))
             })?;
             Arc::new(KeyringBackend::open(&ctx.keyring_service)?)
@@ -127,9 +128,40 @@ fn open_auto(ctx: &StoreContext) -> Result<Opened, StoreError> {
         Err(why) => open_kind(
             StoreKind::File,
             ctx,
-            &format!("auto: {OS_KEYRING_NAME} is not usable ({why}), so the encrypted file"),
+            &format!(
+                "auto: {OS_KEYRING_NAME} is not usable ({}), so the encrypted file",
+                short(cause(&why))
+            ),
         ),
     }
+}
+
+/// A keyring error without its advice (`...; start one or use
+/// REGENT_STORE=file`): the caller gives the advice that fits, once.
+fn cause(why: &str) -> &str {
+    why.split("; ").next().unwrap_or(why).trim()
+}
+
+/// A cause short enough for the one-line reason `regent status` shows:
+/// parenthesised details (the D-Bus library's own words) left out, at most
+/// 120 characters.
+fn short(cause: &str) -> String {
+    let mut out = String::with_capacity(cause.len());
+    let mut depth = 0usize;
+    for c in cause.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    let mut out = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    out = out.replace(" :", ":").replace(" ,", ",");
+    if out.chars().count() > 120 {
+        out = out.chars().take(117).collect::<String>() + "...";
+    }
+    out
 }
 
 fn open_file(ctx: &StoreContext) -> Result<FileBackend, StoreError> {
@@ -204,6 +236,20 @@ mod tests {
         );
         let err = "pass".parse::<Choice>().unwrap_err();
         assert!(err.contains("unknown store \"pass\""), "{err}");
+    }
+
+    #[test]
+    fn reasons_are_short_and_advise_once() {
+        let why = "cannot reach the Secret Service over D-Bus (Platform failure: zbus error: \
+                   Failed to connect to address `unix:path=/run/bus`: No such file or directory \
+                   (os error 2)): no Secret Service is running (or there is no session bus); \
+                   start one (gnome-keyring, KeePassXC) or use REGENT_STORE=file";
+        assert_eq!(
+            short(cause(why)),
+            "cannot reach the Secret Service over D-Bus: no Secret Service is running"
+        );
+        assert!(!cause(why).contains("REGENT_STORE"));
+        assert_eq!(short(&"x".repeat(300)).chars().count(), 120);
     }
 
     #[test]
