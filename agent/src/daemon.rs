@@ -74,6 +74,7 @@ pub fn run(foreground: bool) -> ExitCode {
 }
 
 fn start(spawned: bool) -> anyhow::Result<ExitCode> {
+    crate::environ::prepare()?;
     harden();
     let settings = Settings::load()?;
     let choice: Choice = settings.store.parse().map_err(|e| {

@@ -5,6 +5,7 @@ pub mod clientconf;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
+pub mod environ;
 pub mod import;
 pub mod refresh;
 pub mod secrets;

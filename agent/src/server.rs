@@ -9,15 +9,14 @@
 //! connections are served at once; the rest are closed on accept, so idle or
 //! hostile peers cannot starve the rest.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use regent_shared::messages::{NO_SERVER_URL, NO_USERNAME};
 use regent_shared::protocol::{
-    self, ErrorKind, FORWARDED_ENV, FrameError, MIN_SUPPORTED_PROTOCOL, PROTOCOL_VERSION, Request,
-    Response, StatusInfo,
+    self, CallerEnv, ErrorKind, FORWARDED_ENV, FrameError, MIN_SUPPORTED_PROTOCOL,
+    PROTOCOL_VERSION, Request, Response, StatusInfo,
 };
 use regent_shared::registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -352,12 +351,12 @@ async fn dispatch(req: Request, session: &mut Session, state: &AgentState) -> Re
 
 /// Resolution order: a configured source, a stored login, a source
 /// detected from the hostname, not found.
-async fn get(state: &AgentState, server_url: &str, mut env: BTreeMap<String, String>) -> Response {
+async fn get(state: &AgentState, server_url: &str, env: CallerEnv) -> Response {
     let Ok(key) = registry::canonical(server_url) else {
         return Response::NotFound;
     };
     let server_url = server_url.trim().to_owned();
-    env.retain(|name, _| FORWARDED_ENV.contains(&name.as_str()));
+    let env = env.subset(FORWARDED_ENV);
     if let Some(source) = state.rules().resolve(&key) {
         return from_source(state, source, key, server_url, env).await;
     }
@@ -383,12 +382,14 @@ async fn from_source(
     source: Arc<dyn Source>,
     key: String,
     server_url: String,
-    env: BTreeMap<String, String>,
+    env: CallerEnv,
 ) -> Response {
+    // Each source sees only the caller's variables it asks for: an `exec`
+    // command never gets the caller's AWS keys.
     let req = SourceRequest {
         key,
         server_url: server_url.clone(),
-        env,
+        env: env.subset(source.caller_env()),
     };
     match state.engine.get(source, req).await {
         Ok(token) => Response::Credentials {

@@ -9,7 +9,6 @@
 //! itself, and it is bounded everywhere: clients of the protocol set no
 //! timeout of their own.
 
-use std::collections::BTreeMap;
 use std::env;
 use std::io::{self, IsTerminal, Read, Write};
 use std::process::ExitCode;
@@ -22,7 +21,7 @@ use parse::{Failure, parse_server_url, parse_store};
 use regent_shared::Secret;
 use regent_shared::client::{self, AgentExe, ClientError, Options};
 use regent_shared::messages::NOT_FOUND;
-use regent_shared::protocol::{FORWARDED_ENV, Request, Response};
+use regent_shared::protocol::{CallerEnv, FORWARDED_ENV, Request, Response};
 
 const NAME: &str = "docker-credential-regent";
 const USAGE: &str = "Usage: docker-credential-regent <store|get|erase|list|version>";
@@ -109,13 +108,11 @@ fn agent_error(e: &ClientError) -> Failure {
 
 fn get() -> Result<(), Failure> {
     let server_url = read_server_url()?;
-    let env: BTreeMap<String, String> = FORWARDED_ENV
-        .iter()
-        .filter_map(|name| env::var(name).ok().map(|v| ((*name).to_owned(), v)))
-        .collect();
+    // The caller's AWS identity goes with the request: the agent mints
+    // tokens for whoever asks, not for whoever started it.
     let req = Request::Get {
         server_url: server_url.clone(),
-        env,
+        env: CallerEnv::from_process(FORWARDED_ENV),
     };
     match client::call(&options(GET_START_BUDGET), &req) {
         Ok(Response::Credentials {

@@ -32,8 +32,9 @@
 //! The agent serves only peers whose uid equals its own (checked with
 //! `SO_PEERCRED` / `getpeereid` on every connection), on top of the 0700
 //! directory. Secrets cross this boundary only inside `Store` requests and
-//! `Credentials` responses; every buffer that held a frame is zeroed after
-//! use. Errors never carry a secret: decoding errors report only their
+//! `Credentials` responses, and as the caller's AWS credentials in the
+//! `env` of `Get` ([`CallerEnv`], zeroed on drop, never `Debug`-printed);
+//! every buffer that held a frame is zeroed after use. Errors never carry a secret: decoding errors report only their
 //! position, never the offending value.
 
 use std::collections::BTreeMap;
@@ -57,9 +58,150 @@ const _: () = assert!(MIN_SUPPORTED_PROTOCOL <= PROTOCOL_VERSION);
 /// The largest frame either side accepts: 1 MiB of JSON.
 pub const MAX_FRAME: usize = 1 << 20;
 
-/// Environment variables of the caller that the helper forwards with `Get`,
-/// so that `AWS_PROFILE=x docker pull ...` picks that profile.
-pub const FORWARDED_ENV: &[&str] = &["AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION"];
+/// Environment variables of the caller that the helper forwards with `Get`:
+/// the caller's AWS identity and where it points, so that a token is minted
+/// for whoever asks (`AWS_PROFILE=x docker pull ...` picks profile `x`,
+/// a CI job's keys are that job's), never for whoever started the agent.
+///
+/// Credentials: keys and session token, the profile and the files it is read
+/// from, web identity (role, token file, session name), container
+/// credentials (ECS, EKS Pod Identity). Where they lead: regions, endpoint
+/// overrides, FIPS / dual-stack, the instance-metadata switches. Nothing
+/// else of the caller's environment reaches the agent. Some values are
+/// secrets: they travel in a [`CallerEnv`].
+pub const FORWARDED_ENV: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_ECR",
+    "AWS_ENDPOINT_URL_ECR_PUBLIC",
+    "AWS_ENDPOINT_URL_STS",
+    "AWS_ENDPOINT_URL_SSO",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    "AWS_USE_FIPS_ENDPOINT",
+    "AWS_USE_DUALSTACK_ENDPOINT",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+];
+
+/// The longest value of a forwarded variable; a longer one is not
+/// forwarded (all of [`FORWARDED_ENV`] at this size still fit in a frame).
+pub const MAX_FORWARDED_VALUE: usize = 32 * 1024;
+const _: () = assert!(FORWARDED_ENV.len() * (MAX_FORWARDED_VALUE + 64) < MAX_FRAME - 64 * 1024);
+
+/// Variables of the caller, by name, as `Get` carries them.
+///
+/// Values may be secrets (`AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`):
+/// they are zeroed on drop, and `Debug` shows the names only. On the wire it
+/// is a plain JSON object of strings.
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CallerEnv(BTreeMap<String, String>);
+
+impl CallerEnv {
+    /// The non-empty variables of `names` in this process's environment
+    /// (values above [`MAX_FORWARDED_VALUE`] bytes are left out).
+    pub fn from_process(names: &[&str]) -> CallerEnv {
+        CallerEnv(
+            names
+                .iter()
+                .filter_map(|name| {
+                    let value = std::env::var(name).ok()?;
+                    (!value.is_empty() && value.len() <= MAX_FORWARDED_VALUE)
+                        .then(|| ((*name).to_owned(), value))
+                })
+                .collect(),
+        )
+    }
+
+    /// Only the variables named in `names`.
+    pub fn subset(&self, names: &[&str]) -> CallerEnv {
+        CallerEnv(
+            self.0
+                .iter()
+                .filter(|(name, _)| names.contains(&name.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    }
+
+    /// A non-empty value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        if let Some(mut old) = self.0.insert(name.into(), value.into()) {
+            zeroize::Zeroize::zeroize(&mut old);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    pub fn iter(&self) -> std::collections::btree_map::Iter<'_, String, String> {
+        self.0.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a CallerEnv {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<const N: usize> From<[(&str, &str); N]> for CallerEnv {
+    fn from(vars: [(&str, &str); N]) -> CallerEnv {
+        CallerEnv(
+            vars.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+}
+
+impl fmt::Debug for CallerEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl Drop for CallerEnv {
+    fn drop(&mut self) {
+        for value in self.0.values_mut() {
+            zeroize::Zeroize::zeroize(value);
+        }
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -71,11 +213,12 @@ pub enum Request {
         version: String,
     },
     /// Look up credentials. `server_url` is exactly what the client sent; the
-    /// agent owns normalisation.
+    /// agent owns normalisation. `env`: the caller's [`FORWARDED_ENV`]
+    /// variables that are set (the agent ignores any other name).
     Get {
         server_url: String,
-        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        env: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "CallerEnv::is_empty")]
+        env: CallerEnv,
     },
     Store {
         server_url: String,
@@ -453,11 +596,40 @@ mod tests {
     fn get_omits_empty_env_and_reads_missing_env() {
         let req = Request::Get {
             server_url: "ghcr.io".into(),
-            env: BTreeMap::new(),
+            env: CallerEnv::default(),
         };
         let json = serde_json::to_string(&req).unwrap();
         assert_eq!(json, r#"{"type":"Get","server_url":"ghcr.io"}"#);
         assert!(matches!(round_trip_request(&req), Request::Get { env, .. } if env.is_empty()));
+    }
+
+    #[test]
+    fn get_env_is_a_plain_object_and_debug_shows_names_only() {
+        let env = CallerEnv::from([
+            ("AWS_PROFILE", "p"),
+            ("AWS_SECRET_ACCESS_KEY", "hunter2-secret"),
+        ]);
+        let req = Request::Get {
+            server_url: "r".into(),
+            env: env.clone(),
+        };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"type":"Get","server_url":"r","env":{"AWS_PROFILE":"p","AWS_SECRET_ACCESS_KEY":"hunter2-secret"}}"#
+        );
+        match round_trip_request(&req) {
+            Request::Get { env: back, .. } => assert_eq!(back, env),
+            _ => panic!("wrong variant"),
+        }
+        let debug = format!("{env:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("AWS_SECRET_ACCESS_KEY"), "{debug}");
+        assert_eq!(
+            env.subset(&["AWS_PROFILE"]).names().collect::<Vec<_>>(),
+            ["AWS_PROFILE"]
+        );
+        assert_eq!(env.get("AWS_PROFILE"), Some("p"));
+        assert_eq!(CallerEnv::from([("X", "")]).get("X"), None);
     }
 
     #[test]

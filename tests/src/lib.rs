@@ -47,7 +47,7 @@ pub const REGENT: &str = "regent";
 /// The marker variable every child of a [`TestEnv`] carries, so that the
 /// processes it started (including agents spawned by the helper, which
 /// inherit the helper's environment) can be found and stopped.
-pub const MARKER_ENV: &str = "RGT_TEST_MARKER";
+pub const MARKER_ENV: &str = "REGENT_TEST_MARKER";
 
 /// How long a helper or CLI call may take before the test fails as a hang.
 /// Generous: the agent start budget is 10 s and tests run in parallel.

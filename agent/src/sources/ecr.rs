@@ -19,23 +19,40 @@
 //! role_arn = "arn:aws:iam::123456789012:role/pull"     # assumed with the profile's credentials
 //! ```
 //!
-//! Which identity: the `profile` setting, else the `AWS_PROFILE` the helper
-//! forwarded from the caller (so `AWS_PROFILE=x docker pull` uses profile
-//! `x`), else the `default` profile's chain. A named profile (setting or
-//! forwarded) is read from the shared files only; without one the full
-//! default chain applies (environment keys of the agent first). The agent's
-//! own `AWS_PROFILE`, `AWS_REGION` and `AWS_DEFAULT_REGION` are never used:
-//! the agent serves many callers.
+//! Which identity: the caller's. The helper forwards the caller's AWS
+//! variables with every `get` (`protocol::FORWARDED_ENV`: keys, session
+//! token, profile, config and credentials file paths, web identity,
+//! container credentials, endpoints, instance-metadata switches), and the
+//! SDK config is built from those alone: the SDK reads an environment made
+//! of them plus the agent's `HOME` (for `~/.aws`), never the agent's own
+//! environment, which holds no `AWS_*` variable anyway ([`crate::environ`]).
+//! Then: the `profile` setting, else the caller's `AWS_PROFILE` (so
+//! `AWS_PROFILE=x docker pull` uses profile `x`), read like `aws --profile`
+//! from the caller's `AWS_CONFIG_FILE` / `AWS_SHARED_CREDENTIALS_FILE` (else
+//! `~/.aws/config` and `~/.aws/credentials`) and nothing else; without a
+//! named profile, the SDK's default chain over the caller's variables
+//! (keys, the `default` profile, web identity, container credentials,
+//! instance metadata). A caller without any credential gets what that chain
+//! gives it (often an error), never another caller's token.
+//!
+//! `credential_process` commands and SSO use the agent's `HOME`; a
+//! `credential_process` command runs in the agent's own environment.
 //!
 //! Which region: the `region` setting, else the hostname's, else the
 //! caller's forwarded `AWS_REGION` / `AWS_DEFAULT_REGION`, else the
 //! profile's `region`.
 //!
-//! Tokens are keyed on identity (profile, role) and region and endpoint
-//! flavour, not on the account in the hostname: one token serves every
-//! registry the identity may pull from in that region. The SDK does not
+//! Tokens are keyed on identity and region and endpoint flavour, not on the
+//! account in the hostname: one token serves every registry the identity
+//! may pull from in that region. The identity part is the profile and role
+//! names plus a SHA-256 digest of every forwarded variable but the region
+//! ones ([`super::identity_digest`]): two callers share a token only when
+//! all their AWS inputs are equal, and no key, log line or `regent ls` row
+//! holds a credential. A background refresh fetches with the variables of
+//! the request that created the token. The SDK does not
 //! retry on its own; the refresh engine backs off.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
@@ -49,6 +66,7 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_ecr::error::{ProvideErrorMetadata, SdkError};
 use aws_types::SdkConfig;
+use aws_types::os_shim_internal::Env;
 use aws_types::region::Region;
 use base64::Engine as _;
 use regent_shared::Secret;
@@ -56,7 +74,9 @@ use regent_shared::registry;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::{BoxFuture, Context, Source, SourceError, SourceRequest, Token};
+use regent_shared::protocol::FORWARDED_ENV;
+
+use super::{BoxFuture, CallerEnv, Context, Source, SourceError, SourceRequest, Token};
 
 /// ECR Public lives in one region.
 pub const PUBLIC_REGION: &str = "us-east-1";
@@ -77,6 +97,9 @@ static PRIVATE_HOST: LazyLock<regex_lite::Regex> = LazyLock::new(|| {
 });
 
 const PUBLIC_HOSTS: &[&str] = &["public.ecr.aws", "ecr-public.aws.com"];
+
+/// Forwarded variables that choose a region, not an identity.
+const REGION_VARS: &[&str] = &["AWS_REGION", "AWS_DEFAULT_REGION"];
 
 /// What an ECR hostname says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,7 +201,7 @@ impl Ecr {
 
     fn plan(&self, req: &SourceRequest) -> Plan {
         let host = parse_host(&req.key);
-        let forwarded = |name: &str| req.env.get(name).filter(|v| !v.is_empty()).cloned();
+        let forwarded = |name: &str| req.env.get(name).map(str::to_owned);
         let profile = self
             .settings
             .profile
@@ -217,7 +240,7 @@ impl Ecr {
 
     async fn run(&self, req: &SourceRequest) -> Result<Token, SourceError> {
         let plan = self.plan(req);
-        match tokio::time::timeout(FETCH_TIMEOUT, fetch(&plan, &req.key)).await {
+        match tokio::time::timeout(FETCH_TIMEOUT, fetch(&plan, &req.key, &req.env)).await {
             Ok(result) => result,
             Err(_) => Err(SourceError::transient(format!(
                 "ECR: no token for {} within {}s (region {}, profile {}); \
@@ -234,6 +257,10 @@ impl Ecr {
 impl Source for Ecr {
     fn name(&self) -> &'static str {
         "ecr"
+    }
+
+    fn caller_env(&self) -> &'static [&'static str] {
+        FORWARDED_ENV
     }
 
     fn cache_key(&self, req: &SourceRequest) -> String {
@@ -253,8 +280,10 @@ impl Source for Ecr {
                 super::fingerprint(&(req.env.get("AWS_REGION"), req.env.get("AWS_DEFAULT_REGION")))
             ),
         };
+        // The region variables are in `region` where they matter.
+        let identity = super::identity_digest(&req.env, |name| !REGION_VARS.contains(&name));
         format!(
-            "{flavour}:{region}:profile={}:role={}",
+            "{flavour}:{region}:profile={}:role={}:caller={identity}",
             plan.profile.as_deref().unwrap_or("<default chain>"),
             plan.role_arn.as_deref().unwrap_or("-")
         )
@@ -308,14 +337,15 @@ impl Place<'_> {
             Some(p) => format!(
                 "check the credentials of profile {p:?} (for SSO: `aws sso login --profile {p}`)"
             ),
-            None => "check the AWS credentials the agent sees (environment, ~/.aws/credentials, \
-                     ~/.aws/config; for SSO: `aws sso login`), or set AWS_PROFILE"
+            None => "check the AWS credentials of the program that asked (its AWS_ACCESS_KEY_ID / \
+                     AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, ~/.aws/config; for SSO: \
+                     `aws sso login`), or set AWS_PROFILE"
                 .to_owned(),
         }
     }
 }
 
-async fn fetch(plan: &Plan, key: &str) -> Result<Token, SourceError> {
+async fn fetch(plan: &Plan, key: &str, env: &CallerEnv) -> Result<Token, SourceError> {
     let profile = plan.profile_label().to_owned();
     let region = match &plan.region {
         Some(r) => r.clone(),
@@ -323,6 +353,7 @@ async fn fetch(plan: &Plan, key: &str) -> Result<Token, SourceError> {
             use aws_config::meta::region::ProvideRegion;
             let from_profile = ProfileFileRegionProvider::builder()
                 .profile_name(&profile)
+                .profile_files(profile_files(env))
                 .build()
                 .region()
                 .await;
@@ -343,7 +374,7 @@ async fn fetch(plan: &Plan, key: &str) -> Result<Token, SourceError> {
         region: &region,
         plan,
     };
-    let config = sdk_config(plan, &profile, &region).await;
+    let config = sdk_config(plan, &profile, &region, env).await;
     if plan.public {
         let mut builder = aws_sdk_ecrpublic::config::Builder::from(&config);
         if has_endpoint_override(&config, "ECR PUBLIC") {
@@ -398,10 +429,41 @@ async fn fetch(plan: &Plan, key: &str) -> Result<Token, SourceError> {
     }
 }
 
-/// The SDK config for one identity and region, from the request's values
-/// only (never the agent's `AWS_PROFILE` / `AWS_REGION`).
-async fn sdk_config(plan: &Plan, profile: &str, region: &str) -> SdkConfig {
+/// The caller's forwarded variables as the SDK's environment, plus the
+/// agent's `HOME` so that `~/.aws` means something. The SDK reads nothing
+/// else of the environment.
+fn sdk_env(env: &CallerEnv) -> Env {
+    let mut vars: HashMap<String, String> =
+        env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Ok(home) = std::env::var("HOME") {
+        vars.insert("HOME".to_owned(), home);
+    }
+    Env::from(vars)
+}
+
+/// The shared config and credentials files of the caller: its
+/// `AWS_CONFIG_FILE` / `AWS_SHARED_CREDENTIALS_FILE`, else the defaults
+/// under `~/.aws`.
+#[allow(deprecated)] // the type aliases name aws-runtime's types, not a dependency here
+fn profile_files(env: &CallerEnv) -> aws_config::profile::profile_file::ProfileFiles {
+    use aws_config::profile::profile_file::{ProfileFileKind, ProfileFiles};
+    let mut files = ProfileFiles::builder();
+    files = match env.get("AWS_CONFIG_FILE") {
+        Some(path) => files.with_file(ProfileFileKind::Config, path),
+        None => files.include_default_config_file(true),
+    };
+    files = match env.get("AWS_SHARED_CREDENTIALS_FILE") {
+        Some(path) => files.with_file(ProfileFileKind::Credentials, path),
+        None => files.include_default_credentials_file(true),
+    };
+    files.build()
+}
+
+/// The SDK config for one identity and region, from the caller's forwarded
+/// variables only (never the agent's environment).
+async fn sdk_config(plan: &Plan, profile: &str, region: &str, env: &CallerEnv) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .env(sdk_env(env))
         .profile_name(profile)
         .region(Region::new(region.to_owned()))
         .retry_config(RetryConfig::disabled())
@@ -412,11 +474,12 @@ async fn sdk_config(plan: &Plan, profile: &str, region: &str) -> SdkConfig {
                 .build(),
         );
     if plan.profile.is_some() {
-        // A named profile, like `aws --profile x`: its credentials, not
-        // whatever keys happen to be in the agent's environment.
+        // A named profile, like `aws --profile x`: its credentials from
+        // the caller's files, not the caller's keys or instance metadata.
         loader = loader.credentials_provider(
             ProfileFileCredentialsProvider::builder()
                 .profile_name(profile)
+                .profile_files(profile_files(env))
                 .build(),
         );
     }
@@ -638,9 +701,9 @@ fn credentials_error(err: &CredentialsError, place: &Place<'_>) -> SourceError {
         )),
         CredentialsError::CredentialsNotLoaded(_) => match &place.plan.profile {
             Some(p) => SourceError::permanent(format!(
-                "{what}: profile {p:?} has no credentials (is it in the AWS config or \
-                 credentials file the agent reads, $AWS_CONFIG_FILE / \
-                 $AWS_SHARED_CREDENTIALS_FILE or ~/.aws?); {}",
+                "{what}: profile {p:?} has no credentials (is it in the caller's AWS \
+                 config or credentials file: its AWS_CONFIG_FILE / \
+                 AWS_SHARED_CREDENTIALS_FILE, else ~/.aws?); {}",
                 place.login_hint()
             )),
             None => SourceError::permanent(format!(
@@ -698,7 +761,6 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn private(account: &str, region: &str, fips: bool, dual_stack: bool) -> Option<Host> {
         Some(Host::Private {
@@ -779,10 +841,13 @@ mod tests {
         SourceRequest {
             key: key.into(),
             server_url: key.into(),
-            env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect::<BTreeMap<_, _>>(),
+            env: {
+                let mut e = CallerEnv::default();
+                for (k, v) in env {
+                    e.set(*k, *v);
+                }
+                e
+            },
         }
     }
 
@@ -812,6 +877,40 @@ mod tests {
         assert_eq!(a, region_env);
         let public = ecr.cache_key(&req("public.ecr.aws", &[("AWS_REGION", "eu-west-1")]));
         assert!(public.starts_with("public:us-east-1:"), "{public}");
+    }
+
+    #[test]
+    fn cache_key_tells_callers_apart_without_holding_their_credentials() {
+        let ecr = Ecr::default();
+        let host = "111111111111.dkr.ecr.us-east-1.amazonaws.com";
+        let key = |vars: &[(&str, &str)]| ecr.cache_key(&req(host, vars));
+        let a = [
+            ("AWS_ACCESS_KEY_ID", "AKIAAAAAAAAAAAAAAAAA"),
+            ("AWS_SECRET_ACCESS_KEY", "secret-a-hunter2"),
+        ];
+        let b = [
+            ("AWS_ACCESS_KEY_ID", "AKIABBBBBBBBBBBBBBBB"),
+            ("AWS_SECRET_ACCESS_KEY", "secret-b-hunter2"),
+        ];
+        assert_eq!(key(&a), key(&a));
+        assert_ne!(key(&a), key(&b));
+        assert_ne!(
+            key(&a),
+            key(&[]),
+            "no credentials is an identity of its own"
+        );
+        // The same key id with another secret or session token is another caller.
+        assert_ne!(key(&a), key(&[a[0], ("AWS_SECRET_ACCESS_KEY", "other")]));
+        assert_ne!(key(&a), key(&[a[0], a[1], ("AWS_SESSION_TOKEN", "t")]));
+        // Files and endpoints are part of the identity too.
+        assert_ne!(key(&[]), key(&[("AWS_SHARED_CREDENTIALS_FILE", "/x")]));
+        assert_ne!(
+            key(&[]),
+            key(&[("AWS_ENDPOINT_URL_ECR", "http://127.0.0.1:1")])
+        );
+        for k in [key(&a), key(&b)] {
+            assert!(!k.contains("hunter2") && !k.contains("AKIA"), "{k}");
+        }
     }
 
     #[test]

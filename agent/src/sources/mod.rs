@@ -19,7 +19,6 @@
 pub mod ecr;
 pub mod exec;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -27,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use regent_shared::Secret;
+pub use regent_shared::protocol::CallerEnv;
 
 /// A boxed future, so that [`Source`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -38,10 +38,15 @@ pub struct SourceRequest {
     pub key: String,
     /// The server URL exactly as the client sent it.
     pub server_url: String,
-    /// The caller's environment subset forwarded by the helper
-    /// (`protocol::FORWARDED_ENV`).
-    pub env: BTreeMap<String, String>,
+    /// The caller's variables this source is given: those of
+    /// [`Source::caller_env`] that the helper forwarded and are set.
+    pub env: CallerEnv,
 }
+
+/// What a source gets of the caller's forwarded variables unless it asks
+/// for more ([`Source::caller_env`]): the profile and region names, no
+/// credential.
+pub const CALLER_PROFILE_AND_REGION: &[&str] = &["AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION"];
 
 /// A credential a source produced.
 pub struct Token {
@@ -144,8 +149,16 @@ pub trait Source: Send + Sync + 'static {
     /// token and one refresh. It must include everything that changes the
     /// answer (settings, the parts of the request the source uses) and
     /// nothing else: ECR keys on AWS identity and region, not registry id.
-    /// The engine prefixes it with [`Source::name`].
+    /// The engine prefixes it with [`Source::name`]. Never a secret in it:
+    /// hash what must be told apart.
     fn cache_key(&self, req: &SourceRequest) -> String;
+
+    /// Which of the caller's forwarded variables
+    /// (`protocol::FORWARDED_ENV`) this source is given in
+    /// [`SourceRequest::env`]; the rest never reach it.
+    fn caller_env(&self) -> &'static [&'static str] {
+        CALLER_PROFILE_AND_REGION
+    }
 
     /// Fetches a fresh token. Must be bounded in time by the source itself.
     fn fetch<'a>(
@@ -191,9 +204,26 @@ pub fn detect(key: &str) -> Option<Arc<dyn Source>> {
 
 /// A stable digest of a source's settings, for cache keys: a changed
 /// setting never reuses a token fetched with the old one.
+/// Not for secrets: see [`identity_digest`].
 pub fn fingerprint(parts: &impl std::hash::Hash) -> String {
     use std::hash::{DefaultHasher, Hasher};
     let mut h = DefaultHasher::new();
     parts.hash(&mut h);
     format!("{:016x}", h.finish())
+}
+
+/// A digest of the caller's variables `names` (name and value), for cache
+/// keys that must tell identities apart without holding them: the first
+/// 128 bits of SHA-256, in hex. Unset variables count as unset.
+pub fn identity_digest(env: &CallerEnv, names: impl Fn(&str) -> bool) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (name, value) in env.iter().filter(|(n, _)| names(n)) {
+        for part in [name.as_bytes(), value.as_bytes()] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+    }
+    let digest = h.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -230,21 +230,28 @@ pub struct FileBackend {
 
 impl FileBackend {
     /// Opens `<data_dir>/secrets.enc`, or creates an empty one, finding the
-    /// master key as the module documentation says (reads
-    /// `REGENT_MASTER_KEY`). Blocks, possibly on the keyring.
+    /// master key as the module documentation says (`REGENT_MASTER_KEY`, as
+    /// [`crate::environ::master_key`] hands it over). Blocks, possibly on
+    /// the keyring.
     pub fn open(
         data_dir: &Path,
         config_dir: &Path,
         keyring_service: &str,
     ) -> Result<FileBackend, StoreError> {
-        let env_key = match std::env::var_os(MASTER_KEY_ENV) {
+        // The agent has it from REGENT_MASTER_KEY_FD, never from its
+        // environment (see `crate::environ`).
+        let env_key = match crate::environ::master_key() {
             None => None,
-            Some(value) => Some(Zeroizing::new(value.into_string().map_err(|_| {
-                StoreError::Access(format!(
-                    "{MASTER_KEY_ENV} is not valid base64 of 32 bytes (it is not even text); \
-                     {KEY_HINT}"
-                ))
-            })?)),
+            Some(value) => Some(Zeroizing::new(
+                std::str::from_utf8(&value)
+                    .map_err(|_| {
+                        StoreError::Access(format!(
+                            "{MASTER_KEY_ENV} is not valid base64 of 32 bytes (it is not even \
+                             text); {KEY_HINT}"
+                        ))
+                    })?
+                    .to_owned(),
+            )),
         };
         FileBackend::open_with(
             data_dir,
