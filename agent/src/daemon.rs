@@ -53,12 +53,19 @@ use crate::store::select::{self, Choice, StoreContext};
 /// ready line from our stdout.
 pub fn run(foreground: bool) -> ExitCode {
     let spawned = !foreground && !io::stdout().is_terminal();
-    if !foreground && !spawned {
-        eprintln!(
-            "regent: running in the foreground; use `regent start` to run the agent in the background"
-        );
-    }
-    match start(spawned) {
+    // First of all: this may execute the agent anew with a clean environment.
+    let started = crate::environ::prepare()
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            if !foreground && !spawned {
+                eprintln!(
+                    "regent: running in the foreground; use `regent start` to run the agent in \
+                     the background"
+                );
+            }
+            start(spawned)
+        });
+    match started {
         Ok(code) => code,
         Err(e) => {
             let msg = format!("{e:#}").replace('\n', " ");
@@ -74,7 +81,6 @@ pub fn run(foreground: bool) -> ExitCode {
 }
 
 fn start(spawned: bool) -> anyhow::Result<ExitCode> {
-    crate::environ::prepare()?;
     harden();
     let settings = Settings::load()?;
     let choice: Choice = settings.store.parse().map_err(|e| {
