@@ -25,6 +25,22 @@
 //! secret are permanent. Nothing the command printed on stdout ever reaches an
 //! error or a log line.
 //!
+//! Redaction: before stderr is quoted (in the error the client shows, in
+//! `regent ls` and in the log: all of them carry the one message), every
+//! named secret handed to the command, and every line and JSON string value
+//! it printed on stdout, is replaced by `[redacted]`, verbatim and in the
+//! forms a program is likely to print it in: JSON- or Rust-escaped,
+//! percent-encoded, base64 (standard or URL-safe, padded or not). A named
+//! secret shorter than 4 bytes cannot be cut out without mangling the text
+//! (one letter would vanish everywhere): when stderr contains one, stderr is
+//! not quoted at all, and the error says so. Not recognised: a value split
+//! across lines or chunks, or transformed otherwise (say base64 of
+//! `user:secret`). Stdout lines and values shorter than 4 bytes are not
+//! redacted; a stdout of more than 256 of them is not checked, and stderr is
+//! then not quoted either. When the kept tail of stderr starts in the middle
+//! of a line, that first line is dropped: it may start with the end of a
+//! secret whose beginning was cut off.
+//!
 //! Environment of the command: the agent's own, without any `REGENT_*`
 //! variable (`REGENT_MASTER_KEY` is a secret), plus the caller's forwarded
 //! variables (`AWS_PROFILE`, `AWS_REGION`, `AWS_DEFAULT_REGION`), plus `env`
@@ -159,6 +175,7 @@ impl Exec {
             }
         }
         cmd.envs(&req.env);
+        let mut redactor = Redactor::default();
         for (name, value) in &self.env {
             match value {
                 EnvValue::Plain(v) => {
@@ -182,6 +199,7 @@ impl Exec {
                                 r.secret, r.secret
                             ))
                         })?;
+                    redactor.add_secret(&r.secret, secret.expose());
                     cmd.env(name, secret.expose());
                 }
             }
@@ -238,19 +256,18 @@ impl Exec {
         }
         let status = status
             .map_err(|e| SourceError::transient(format!("cannot wait for `{program}`: {e}")))?;
-        let stderr_tail = summarize_stderr(&err);
-        let with_stderr = |what: String| match &stderr_tail {
-            Some(tail) => format!("{what}; its stderr ends with: {tail}"),
-            None => format!("{what} and printed nothing on stderr"),
-        };
         if !status.success() {
+            if let Ok(out) = &out {
+                redactor.add_stdout(out);
+            }
+            let quote = redactor.quote(&err);
             use std::os::unix::process::ExitStatusExt;
             let what = match (status.code(), status.signal()) {
                 (Some(code), _) => format!("`{program}` exited with status {code}"),
                 (None, Some(sig)) => format!("`{program}` was killed by signal {sig}"),
                 (None, None) => format!("`{program}` failed"),
             };
-            return Err(SourceError::transient(with_stderr(what)));
+            return Err(SourceError::transient(quote.after(what)));
         }
         let out = match out {
             Ok(out) => out,
@@ -353,32 +370,244 @@ async fn read_capped(
     Ok(buf)
 }
 
+/// The end of a command's stderr.
+#[derive(Default)]
+struct Tail {
+    bytes: Zeroizing<Vec<u8>>,
+    /// The start was dropped: the first bytes may be the end of a line, or
+    /// of a secret, whose beginning is gone.
+    cut: bool,
+}
+
 /// Reads all of `pipe`, keeping only its last `keep` bytes.
-async fn read_tail(pipe: Option<impl AsyncRead + Unpin>, keep: usize) -> Vec<u8> {
-    let mut tail = Vec::new();
+async fn read_tail(pipe: Option<impl AsyncRead + Unpin>, keep: usize) -> Tail {
+    let mut tail = Tail::default();
     let Some(mut pipe) = pipe else {
         return tail;
     };
-    let mut chunk = [0u8; 4096];
+    let mut chunk = Zeroizing::new([0u8; 4096]);
     loop {
-        match pipe.read(&mut chunk).await {
+        match pipe.read(&mut chunk[..]).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                tail.extend_from_slice(&chunk[..n]);
-                if tail.len() > 2 * keep {
-                    tail.drain(..tail.len() - keep);
+                tail.bytes.extend_from_slice(&chunk[..n]);
+                if tail.bytes.len() > 2 * keep {
+                    let excess = tail.bytes.len() - keep;
+                    tail.bytes.drain(..excess);
+                    tail.cut = true;
                 }
             }
         }
     }
-    if tail.len() > keep {
-        tail.drain(..tail.len() - keep);
+    if tail.bytes.len() > keep {
+        let excess = tail.bytes.len() - keep;
+        tail.bytes.drain(..excess);
+        tail.cut = true;
     }
     tail
 }
 
+/// Shorter secrets are not cut out of stderr (a secret of one letter would
+/// cut that letter everywhere): a stderr that holds one is not quoted at all.
+const MIN_REDACT: usize = 4;
+const REDACTED: &str = "[redacted]";
+/// How many lines and string values of stdout are checked against stderr;
+/// past that, stderr is not quoted.
+const MAX_STDOUT_VALUES: usize = 256;
+
+/// What a quote of a command's stderr must not contain: each named secret
+/// regent handed it, and what it printed on stdout, each verbatim and in the
+/// forms a program is likely to print it in (JSON- or Rust-escaped,
+/// percent-encoded, base64).
+#[derive(Default)]
+struct Redactor {
+    /// Cut out wherever they occur; each at least [`MIN_REDACT`] bytes.
+    needles: Vec<Zeroizing<Vec<u8>>>,
+    /// Forms of named secrets shorter than that, with the secret's name.
+    short: Vec<(String, Zeroizing<Vec<u8>>)>,
+    /// Stdout had more than [`MAX_STDOUT_VALUES`] lines and values.
+    stdout_unchecked: bool,
+}
+
+/// How stderr appears in an error.
+enum Quote {
+    Text(Zeroizing<String>),
+    Nothing,
+    /// A short secret occurs in it (the secret's name).
+    ShortSecret(String),
+    StdoutUnchecked,
+}
+
+impl Quote {
+    /// `what` happened, followed by the quote.
+    fn after(&self, what: String) -> String {
+        match self {
+            Quote::Text(tail) => format!("{what}; its stderr ends with: {}", tail.as_str()),
+            Quote::Nothing => format!("{what} and printed nothing on stderr"),
+            Quote::ShortSecret(name) => format!(
+                "{what}; its stderr is not shown because it contains the secret {name:?}, \
+                 which is too short to redact (under {MIN_REDACT} bytes); run the command by hand \
+                 to read it"
+            ),
+            Quote::StdoutUnchecked => format!(
+                "{what}; its stderr is not shown because its stdout has more than \
+                 {MAX_STDOUT_VALUES} lines to keep out of it; run the command by hand to read it"
+            ),
+        }
+    }
+}
+
+impl Redactor {
+    /// The named secret `name`, handed to the command.
+    fn add_secret(&mut self, name: &str, value: &str) {
+        for form in forms(value.as_bytes()) {
+            if form.len() >= MIN_REDACT {
+                self.needles.push(form);
+            } else {
+                self.short.push((name.to_owned(), form));
+            }
+        }
+    }
+
+    /// What the command printed on stdout: each line, and each string value
+    /// if it is JSON, of at least [`MIN_REDACT`] bytes.
+    fn add_stdout(&mut self, out: &[u8]) {
+        let mut values: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+        if let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(out) {
+            json_strings(&mut json, &mut values);
+        }
+        values.extend(
+            out.split(|b| *b == b'\n')
+                .map(|l| l.trim_ascii())
+                .map(|l| Zeroizing::new(l.to_vec())),
+        );
+        values.retain(|v| v.len() >= MIN_REDACT);
+        if values.len() > MAX_STDOUT_VALUES {
+            self.stdout_unchecked = true;
+            return;
+        }
+        for v in &values {
+            self.needles.extend(forms(v));
+        }
+    }
+
+    /// The last lines of `tail`, without anything it must not contain.
+    fn quote(&self, tail: &Tail) -> Quote {
+        if self.stdout_unchecked {
+            return Quote::StdoutUnchecked;
+        }
+        let mut raw: &[u8] = &tail.bytes;
+        if tail.cut {
+            // The first line may start with the end of a secret whose
+            // beginning was cut off: drop it, or, in one long line, what
+            // could be such an end (shorter than the longest needle).
+            raw = match raw.iter().position(|b| *b == b'\n') {
+                Some(nl) => &raw[nl + 1..],
+                None => {
+                    let longest = self.needles.iter().map(|n| n.len()).max().unwrap_or(1);
+                    raw.get(longest - 1..).unwrap_or_default()
+                }
+            };
+        }
+        if let Some((name, _)) = self.short.iter().find(|(_, f)| contains(raw, f)) {
+            return Quote::ShortSecret(name.clone());
+        }
+        match summarize_stderr(&self.redact(raw)) {
+            Some(text) => Quote::Text(text),
+            None => Quote::Nothing,
+        }
+    }
+
+    /// `raw` with every needle replaced by [`REDACTED`]: overlapping and
+    /// adjacent matches become one marker.
+    fn redact(&self, raw: &[u8]) -> Zeroizing<Vec<u8>> {
+        let mut hidden = vec![false; raw.len()];
+        for needle in &self.needles {
+            let mut from = 0;
+            while let Some(at) = find(&raw[from..], needle) {
+                let start = from + at;
+                hidden[start..start + needle.len()].fill(true);
+                from = start + 1;
+            }
+        }
+        let mut out = Zeroizing::new(Vec::with_capacity(raw.len()));
+        for (i, &b) in raw.iter().enumerate() {
+            if !hidden[i] {
+                out.push(b);
+            } else if i == 0 || !hidden[i - 1] {
+                out.extend_from_slice(REDACTED.as_bytes());
+            }
+        }
+        out
+    }
+}
+
+/// `value` and the ways a program is likely to print it; each distinct.
+fn forms(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    if value.is_empty() {
+        return Vec::new();
+    }
+    let mut forms = vec![Zeroizing::new(value.to_vec())];
+    if let Ok(text) = std::str::from_utf8(value) {
+        let quoted = |s: String| {
+            let s = Zeroizing::new(s);
+            Zeroizing::new(s.as_bytes()[1..s.len() - 1].to_vec())
+        };
+        forms.push(quoted(
+            serde_json::to_string(text).expect("a string encodes as JSON"),
+        ));
+        forms.push(quoted(format!("{text:?}")));
+    }
+    let mut percent = Zeroizing::new(Vec::with_capacity(value.len() * 3));
+    for &b in value {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            percent.push(b);
+        } else {
+            percent.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    forms.push(percent);
+    forms.push(Zeroizing::new(STANDARD_NO_PAD.encode(value).into_bytes()));
+    forms.push(Zeroizing::new(URL_SAFE_NO_PAD.encode(value).into_bytes()));
+    let mut distinct: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(forms.len());
+    for f in forms {
+        if !distinct.iter().any(|d| **d == *f) {
+            distinct.push(f);
+        }
+    }
+    distinct
+}
+
+/// Moves every string value of `json` (not the keys) into `out`, leaving
+/// zeroed strings behind.
+fn json_strings(json: &mut serde_json::Value, out: &mut Vec<Zeroizing<Vec<u8>>>) {
+    use zeroize::Zeroize;
+    match json {
+        serde_json::Value::String(s) => {
+            out.push(Zeroizing::new(s.as_bytes().to_vec()));
+            s.zeroize();
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| json_strings(v, out)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| json_strings(v, out)),
+        _ => {}
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || needle.len() > hay.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    find(hay, needle).is_some()
+}
+
 /// The last few non-empty lines of stderr on one line, printable, bounded.
-fn summarize_stderr(raw: &[u8]) -> Option<String> {
+fn summarize_stderr(raw: &[u8]) -> Option<Zeroizing<String>> {
     let text = String::from_utf8_lossy(raw);
     let lines: Vec<String> = text
         .lines()
@@ -396,12 +625,12 @@ fn summarize_stderr(raw: &[u8]) -> Option<String> {
     }
     let joined = lines[lines.len().saturating_sub(STDERR_LINES)..].join(" / ");
     let count = joined.chars().count();
-    Some(if count > STDERR_CHARS {
+    Some(Zeroizing::new(if count > STDERR_CHARS {
         let skip = count - STDERR_CHARS;
         format!("…{}", joined.chars().skip(skip).collect::<String>())
     } else {
         joined
-    })
+    }))
 }
 
 #[derive(Deserialize)]
@@ -541,10 +770,81 @@ mod tests {
     #[test]
     fn stderr_summary_keeps_the_last_lines() {
         let s = summarize_stderr(b"one\n\ntwo\nthree\x1b[0m\nfour\n").unwrap();
-        assert_eq!(s, "two / three [0m / four");
+        assert_eq!(s.as_str(), "two / three [0m / four");
         assert!(summarize_stderr(b"\n  \n").is_none());
         let long = "x".repeat(5000);
         assert!(summarize_stderr(long.as_bytes()).unwrap().chars().count() <= STDERR_CHARS + 1);
+    }
+
+    fn quoted(r: &Redactor, stderr: &[u8], cut: bool) -> String {
+        let tail = Tail {
+            bytes: Zeroizing::new(stderr.to_vec()),
+            cut,
+        };
+        match r.quote(&tail) {
+            Quote::Text(t) => t.as_str().to_owned(),
+            Quote::Nothing => "<nothing>".into(),
+            Quote::ShortSecret(name) => format!("<short {name}>"),
+            Quote::StdoutUnchecked => "<unchecked>".into(),
+        }
+    }
+
+    #[test]
+    fn stderr_is_redacted_in_every_form() {
+        let mut r = Redactor::default();
+        r.add_secret("a", "p4ss\"w/rd");
+        r.add_secret("b", "w/rd-and-more");
+        let q = quoted(&r, b"x p4ss\"w/rd-and-more y\n", false);
+        assert_eq!(q, "x [redacted] y");
+        let q = quoted(
+            &r,
+            br#"{"t":"p4ss\"w/rd"} p4ss%22w%2Frd cDRzcyJ3L3Jk"#,
+            false,
+        );
+        assert_eq!(q, r#"{"t":"[redacted]"} [redacted] [redacted]"#);
+        // Nothing else is touched.
+        assert_eq!(quoted(&r, b"denied\n", false), "denied");
+        assert_eq!(quoted(&r, b"\n", false), "<nothing>");
+    }
+
+    #[test]
+    fn a_short_secret_withholds_stderr_only_when_it_is_there() {
+        let mut r = Redactor::default();
+        r.add_secret("pin", "q7#");
+        assert_eq!(quoted(&r, b"the pin q7# is wrong\n", false), "<short pin>");
+        assert_eq!(quoted(&r, b"the pin is wrong\n", false), "the pin is wrong");
+    }
+
+    #[test]
+    fn stdout_lines_and_values_are_kept_out_of_stderr() {
+        let mut r = Redactor::default();
+        r.add_stdout(br#"{"Version":1,"Username":"bob","Secret":"tok-123456"}"#);
+        let q = quoted(&r, b"sent tok-123456 for bob\n", false);
+        assert_eq!(q, "sent [redacted] for bob");
+        let mut r = Redactor::default();
+        r.add_stdout(b"plain-token-line\n  \n");
+        assert_eq!(
+            quoted(&r, b"got plain-token-line\n", false),
+            "got [redacted]"
+        );
+        let mut r = Redactor::default();
+        let many: String = (0..300).map(|i| format!("line-{i}\n")).collect();
+        r.add_stdout(many.as_bytes());
+        assert_eq!(quoted(&r, b"anything\n", false), "<unchecked>");
+    }
+
+    #[test]
+    fn a_cut_tail_drops_its_first_partial_line() {
+        let mut r = Redactor::default();
+        r.add_secret("s", "0123456789");
+        // The tail starts with the end of the secret.
+        assert_eq!(quoted(&r, b"6789 more\nlast line\n", true), "last line");
+        assert_eq!(
+            quoted(&r, b"6789 more\nlast line\n", false),
+            "6789 more / last line"
+        );
+        let q = quoted(&r, b"456789 and then a long line without an end", true);
+        assert!(!q.contains("6789") && q.ends_with("without an end"), "{q}");
     }
 
     #[test]
