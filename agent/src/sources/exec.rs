@@ -278,6 +278,7 @@ impl Exec {
             .await;
             match waited {
                 Ok(Some(status)) => {
+                    supervision.exited();
                     // What it left behind is killed by now, so the pipes
                     // are at their end but for a process that could not be
                     // killed: then what they hold is what it printed.
@@ -320,7 +321,6 @@ impl Exec {
                 )));
             }
         };
-        supervision.exited();
         if let Err(ReadError::TooLarge) = stdout_read {
             return Err(SourceError::permanent(format!(
                 "`{program}` printed more than {MAX_STDOUT} bytes on stdout"
@@ -504,7 +504,7 @@ mod supervisor {
 
         /// The shim exited: the command did, and what it left behind is
         /// dead.
-        pub fn exited(self) {}
+        pub fn exited(&self) {}
     }
 
     /// The child std forked: becomes the shim after forking the command,
@@ -845,7 +845,7 @@ mod supervisor {
             let _ = child.kill().await;
         }
 
-        pub fn exited(self) {
+        pub fn exited(&self) {
             self.kill_group();
         }
 
