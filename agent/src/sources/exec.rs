@@ -401,8 +401,8 @@ impl Source for Exec {
 /// shim signals only its own children (whose pids cannot be reused before it
 /// reaps them) and the command's group (only while the command is unreaped),
 /// so no other child of the agent (an AWS `credential_process`, another
-/// command) is ever touched. The command sees the shim as its parent and a
-/// process group of its own; its signal mask, environment and descriptors
+/// command) is ever touched. The command sees the shim (named `regent-exec`
+/// in `ps`) as its parent and a process group of its own; its signal mask, environment and descriptors
 /// are what they were without the shim.
 ///
 /// Not covered: a process that gained privileges (a setuid program) cannot
@@ -541,6 +541,8 @@ mod supervisor {
                 }
                 return Ok(());
             }
+            // `ps` and `top` tell the shim from the agent it is a copy of.
+            libc::prctl(libc::PR_SET_NAME, c"regent-exec".as_ptr(), 0, 0, 0);
             shim(pid as pid_t, control)
         }
     }
