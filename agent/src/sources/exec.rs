@@ -409,9 +409,11 @@ impl Source for Exec {
 /// be killed by us, nor one stuck in uninterruptible sleep within
 /// `KILL_FOR`; a process started by another service on the command's behalf
 /// (`systemd-run`, D-Bus activation, a daemon already running) is not its
-/// descendant. A daemon the command starts for later use (`gpg-agent`,
-/// `ssh-agent`) is killed with it: start such daemons in the session
-/// beforehand.
+/// descendant; without `/proc` only the process group is found; a shim that
+/// is itself SIGKILLed (by the OOM killer, say) leaves the command running
+/// until it exits by itself. A daemon the command starts for later use
+/// (`gpg-agent`, `ssh-agent`) is killed with it: start such daemons in the
+/// session beforehand.
 ///
 /// Elsewhere the command runs in a process group of its own, which is
 /// SIGKILLed at its timeout and once it exited; a child that left the group
