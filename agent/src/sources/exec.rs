@@ -47,8 +47,9 @@
 //! of a line, that first line is dropped: it may start with the end of a
 //! secret whose beginning was cut off.
 //!
-//! Environment of the command: the agent's own, without any `REGENT_*`
-//! variable (`REGENT_MASTER_KEY` is a secret), plus the caller's forwarded
+//! Environment of the command: the agent's own (see [`crate::environ`]),
+//! without any `REGENT_*` variable and without systemd's messages to the agent
+//! (`NOTIFY_SOCKET`, `LISTEN_*`), plus the caller's forwarded
 //! variables (`AWS_PROFILE`, `AWS_REGION`, `AWS_DEFAULT_REGION`), plus `env`
 //! from the config, where `{ secret = "NAME" }` is a named secret stored with
 //! `regent secret set NAME`.
@@ -190,7 +191,7 @@ impl Exec {
             .stderr(Stdio::piped())
             .process_group(0);
         for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("REGENT_") {
+            if is_agent_only(&name.to_string_lossy()) {
                 cmd.env_remove(name);
             }
         }
@@ -352,7 +353,6 @@ impl Exec {
         tracing::debug!(
             program,
             key = %req.key,
-            secret_bytes = token.secret.len(),
             expires = token.expires_at.is_some(),
             "exec source answered"
         );
@@ -1247,6 +1247,12 @@ fn parse_output(out: &[u8]) -> Result<Token, String> {
         secret,
         expires_at,
     })
+}
+
+/// Variables meant for the agent alone, never handed to a command: regent's
+/// own settings and systemd's socket-activation and readiness variables.
+fn is_agent_only(name: &str) -> bool {
+    name.starts_with("REGENT_") || name.starts_with("LISTEN_") || name == "NOTIFY_SOCKET"
 }
 
 #[cfg(test)]
