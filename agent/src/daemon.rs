@@ -54,17 +54,15 @@ use crate::store::select::{self, Choice, StoreContext};
 pub fn run(foreground: bool) -> ExitCode {
     let spawned = !foreground && !io::stdout().is_terminal();
     // First of all: this may execute the agent anew with a clean environment.
-    let started = crate::environ::prepare()
-        .map_err(anyhow::Error::from)
-        .and_then(|()| {
-            if !foreground && !spawned {
-                eprintln!(
-                    "regent: running in the foreground; use `regent start` to run the agent in \
+    let started = crate::environ::prepare().and_then(|()| {
+        if !foreground && !spawned {
+            eprintln!(
+                "regent: running in the foreground; use `regent start` to run the agent in \
                      the background"
-                );
-            }
-            start(spawned)
-        });
+            );
+        }
+        start(spawned)
+    });
     match started {
         Ok(code) => code,
         Err(e) => {
