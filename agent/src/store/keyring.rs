@@ -518,14 +518,6 @@ mod tests {
     }
 
     #[test]
-    fn service_defaults_to_regent() {
-        // Only reads the environment; the tests never set it.
-        if std::env::var_os(SERVICE_ENV).is_none() {
-            assert_eq!(service_from_env(), DEFAULT_SERVICE);
-        }
-    }
-
-    #[test]
     fn probe_times_out_instead_of_hanging() {
         let started = std::time::Instant::now();
         let result = run_with_timeout("test-hang", Duration::from_millis(100), || {
