@@ -43,7 +43,8 @@ fn hostile_helper_input_gets_one_line_and_changes_nothing() {
     // (name, stdin, what get, store and erase print: `None` is success with
     // an empty stdout). A garbage server URL is a key like any other: get
     // finds nothing, erase has nothing to erase.
-    let cases: Vec<(&str, Vec<u8>, [Option<&str>; 3])> = vec![
+    type Case<'a> = (&'a str, Vec<u8>, [Option<&'a str>; 3]);
+    let cases: Vec<Case> = vec![
         (
             "empty",
             Vec::new(),
