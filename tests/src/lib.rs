@@ -18,6 +18,11 @@
 //!
 //! Every child runs with a hard timeout: a hang kills it and fails the test
 //! with what it printed so far and the agent log.
+//!
+//! A test that cannot run here calls [`skip`]: the skip is written to
+//! `REGENT_TEST_SKIP_LOG` for scripts/test's summary, and in [`strict`] mode
+//! (`REGENT_TEST_STRICT=1`, CI) it fails the test. No check may turn into a
+//! silent pass.
 
 pub mod e2e;
 pub mod fake_ecr;
