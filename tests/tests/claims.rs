@@ -8,7 +8,8 @@
 //! - a store asked for by name that cannot be opened never becomes `memory`;
 //! - the agent is non-dumpable;
 //! - frame lengths are checked before anything is allocated;
-//! - slow peers are cut off by the handshake and frame timeouts.
+//! - slow and idle peers are cut off by the handshake, frame and idle
+//!   timeouts.
 //!
 //! Every test sets `DBUS_SESSION_BUS_ADDRESS` itself (a private Secret
 //! Service, or a bus that does not exist), whatever bus the phase runs in.
@@ -458,8 +459,8 @@ fn wait_closed(mut s: UnixStream, bound: Duration, what: &str) -> Vec<u8> {
 fn slow_peers_are_cut_off_by_timeouts() {
     // The agent's bounds (agent/src/server.rs): the Hello within
     // HANDSHAKE_TIMEOUT (5 s), each frame within FRAME_TIMEOUT (10 s) of its
-    // first byte. The assertions only detect a connection kept open far
-    // beyond them.
+    // first byte, the next request within IDLE_TIMEOUT (60 s). The
+    // assertions only detect a connection kept open far beyond them.
     let env = TestEnv::with_store(StoreKind::Memory);
     env.store_ok("slow.example", "u", "slow-secret");
     let pid = env.agent_pid().expect("agent");
@@ -484,6 +485,16 @@ fn slow_peers_are_cut_off_by_timeouts() {
             s.write_all(&[0, 0, 0, 100, b'{']).unwrap();
             wait_closed(s, bound, "a peer that stalls in the middle of a request")
         });
+        // A whole Hello, then nothing: idle past IDLE_TIMEOUT (60 s).
+        let idle = scope.spawn(|| {
+            let mut s = UnixStream::connect(&env.socket).unwrap();
+            s.write_all(&hello_of_len(80)).unwrap();
+            wait_closed(
+                s,
+                Duration::from_secs(120),
+                "a peer that goes idle after its Hello",
+            )
+        });
         assert!(silent.join().unwrap().is_empty());
         assert!(half_hello.join().unwrap().is_empty());
         // It got its Hello answered before it was cut off.
@@ -495,6 +506,10 @@ fn slow_peers_are_cut_off_by_timeouts() {
         let hello: serde_json::Value =
             serde_json::from_slice(got.get(4..4 + n).unwrap_or_default()).unwrap_or_default();
         assert_eq!(hello["type"], "Hello", "{}", String::from_utf8_lossy(&got));
+        assert!(
+            !idle.join().unwrap().is_empty(),
+            "the idle peer got no Hello"
+        );
     });
     assert!(is_alive(pid));
     assert_eq!(env.get_ok("slow.example").secret, "slow-secret");
