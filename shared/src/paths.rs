@@ -530,11 +530,44 @@ mod tests {
         fs::remove_dir_all(base).unwrap();
     }
 
+    /// `REGENT_SOCKET` wins over `XDG_RUNTIME_DIR`; empty counts as unset.
+    /// The environment of this process is never changed (other tests read
+    /// it at the same time): the test runs itself again in a child with the
+    /// variables set, and the child compares `socket_path()` with what the
+    /// parent expects.
     #[test]
     fn socket_env_wins() {
-        // Only read here; tests that need other values run the binaries.
-        if env::var_os(SOCKET_ENV).is_none() {
-            assert!(socket_path().ends_with("agent.sock"));
+        const EXPECT: &str = "REGENT_PATHS_TEST_EXPECT_SOCKET";
+        if let Some(want) = env::var_os(EXPECT) {
+            assert_eq!(socket_path(), PathBuf::from(want));
+            return;
+        }
+        let cases: [(Option<&str>, &str); 3] = [
+            (Some("/elsewhere/x.sock"), "/elsewhere/x.sock"),
+            (Some(""), "/run/user/4242/regent/agent.sock"),
+            (None, "/run/user/4242/regent/agent.sock"),
+        ];
+        let exe = std::env::current_exe().unwrap();
+        for (socket, want) in cases {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args([
+                "--exact",
+                "paths::tests::socket_env_wins",
+                "--test-threads=1",
+            ])
+            .env(EXPECT, want)
+            .env("XDG_RUNTIME_DIR", "/run/user/4242");
+            match socket {
+                Some(s) => cmd.env(SOCKET_ENV, s),
+                None => cmd.env_remove(SOCKET_ENV),
+            };
+            let out = cmd.output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "REGENT_SOCKET={socket:?}: expected {want}\n{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }

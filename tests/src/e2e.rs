@@ -32,8 +32,9 @@
 //! never created.
 //!
 //! A component that truly cannot start on this machine (a missing program, a
-//! daemon that dies at start) skips the test loudly with `SKIP: ...` on stderr;
-//! with `REGENT_E2E_STRICT=1` a skip fails the test instead.
+//! daemon that dies at start) skips the test loudly with `SKIP: ...` on stderr
+//! ([`crate::skip`], counted by scripts/test); in strict mode
+//! (`REGENT_TEST_STRICT=1`, CI) a skip fails the test instead.
 
 use std::ffi::OsString;
 use std::fs;
@@ -61,29 +62,15 @@ pub const DOCKERD_START: Duration = Duration::from_secs(90);
 /// The registry user every test logs in as.
 pub const USER: &str = "e2e-user";
 
-/// True when `REGENT_E2E_STRICT=1`: a skip is a failure.
+/// True when a skip is a failure: see [`crate::strict`].
 pub fn strict() -> bool {
-    std::env::var("REGENT_E2E_STRICT").is_ok_and(|v| v.trim() == "1")
+    crate::strict()
 }
 
-/// Skips `test` loudly (stderr and stdout), or fails it under
-/// `REGENT_E2E_STRICT=1`.
+/// Skips `test` loudly and counts it, or fails it in strict mode: see
+/// [`crate::skip`].
 pub fn skip(test: &str, why: &str) {
-    if strict() {
-        panic!("REGENT_E2E_STRICT=1 and {test} would be skipped: {why}");
-    }
-    let line = format!("SKIP: {test}: {why}");
-    // Straight to fd 2, past the test harness's output capture, so that a
-    // skip is visible in a normal (captured) `cargo test` run too.
-    let _ = std::io::stderr().write_all(format!("\n{line}\n\n").as_bytes());
-    println!("{line}");
-    // For scripts/test's summary.
-    if let Some(path) = std::env::var_os("REGENT_E2E_SKIP_LOG").filter(|p| !p.is_empty())
-        && let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(path)
-    {
-        let first = line.lines().next().unwrap_or_default();
-        let _ = writeln!(f, "{first}");
-    }
+    crate::skip(test, why);
 }
 
 /// The last `max` bytes of a file, for failure and skip messages.

@@ -12,13 +12,21 @@
 //! The binaries are looked up next to the test executable
 //! (`target/<profile>/deps/..`), or in `REGENT_BIN_DIR`. Cargo does not build
 //! other packages' binaries for `cargo test -p regent-tests`: run
-//! `cargo build --workspace --bins` first.
+//! `cargo build --workspace --bins` first. With
+//! `REGENT_TEST_HELPER_PROFILE=helper` (what scripts/test sets) the helper is
+//! the one built as shipped, `cargo build --profile helper -p regent-helper`.
 //!
 //! Every child runs with a hard timeout: a hang kills it and fails the test
 //! with what it printed so far and the agent log.
+//!
+//! A test that cannot run here calls [`skip`]: the skip is written to
+//! `REGENT_TEST_SKIP_LOG` for scripts/test's summary, and in [`strict`] mode
+//! (`REGENT_TEST_STRICT=1`, CI) it fails the test. No check may turn into a
+//! silent pass.
 
 pub mod e2e;
 pub mod fake_ecr;
+pub mod secret_service;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -37,7 +45,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use regent_shared::protocol::{EntryInfo, Request, Response, StatusInfo};
 
-pub use regent_shared::messages::{NO_SERVER_URL, NO_USERNAME, NOT_FOUND};
+// The credential-helper protocol's error lines, spelled out here rather than
+// taken from the code under test: docker and its clients match these exact
+// strings, so a change in regent's constants must fail the tests.
+/// What `get` prints when there are no credentials (docker's `errCredentialsNotFound`).
+pub const NOT_FOUND: &str = "credentials not found in native keychain";
+/// What every verb prints for an empty server URL.
+pub const NO_SERVER_URL: &str = "no credentials server URL";
+/// What `store` prints for an empty username.
+pub const NO_USERNAME: &str = "no credentials username";
 
 /// The helper's file name.
 pub const HELPER: &str = "docker-credential-regent";
@@ -101,17 +117,32 @@ pub struct Bins {
     pub regent: PathBuf,
 }
 
+/// Chooses the build of the helper the tests run when `REGENT_BIN_DIR` is
+/// not set: `helper` is the helper as shipped (`cargo build --profile helper
+/// -p regent-helper`: fat LTO, abort on panic), which scripts/test runs;
+/// `debug` (the default of a plain `cargo test`) the one next to the test
+/// executable.
+pub const HELPER_PROFILE_ENV: &str = "REGENT_TEST_HELPER_PROFILE";
+
 impl Bins {
-    /// `REGENT_BIN_DIR`, else the cargo target dir of this test executable.
+    /// `REGENT_BIN_DIR`, else the cargo target dir of this test executable,
+    /// with the helper of the profile [`HELPER_PROFILE_ENV`] chooses.
     pub fn locate() -> Bins {
         let (dir, explicit) = match std::env::var_os("REGENT_BIN_DIR").filter(|d| !d.is_empty()) {
             Some(d) => (PathBuf::from(d), true),
             None => (default_bin_dir(), false),
         };
-        let bins = Bins {
+        let mut bins = Bins {
             helper: dir.join(HELPER),
             regent: dir.join(REGENT),
         };
+        if !explicit {
+            match std::env::var(HELPER_PROFILE_ENV).as_deref().map(str::trim) {
+                Err(_) | Ok("" | "debug") => {}
+                Ok("helper") => bins.helper = shipped_helper(&dir, &bins.regent),
+                Ok(other) => panic!("{HELPER_PROFILE_ENV}={other:?}: expected helper or debug"),
+            }
+        }
         for b in [&bins.helper, &bins.regent] {
             if !b.is_file() {
                 panic!(
@@ -122,11 +153,61 @@ impl Bins {
             }
         }
         if !explicit && std::env::var_os("REGENT_TEST_ALLOW_STALE").is_none() {
-            check_fresh(&bins.helper, &["helper", "shared"]);
-            check_fresh(&bins.regent, &["agent", "shared"]);
+            let build = "cargo build --workspace --bins";
+            check_fresh(&bins.helper, &["helper", "shared"], build);
+            check_fresh(&bins.regent, &["agent", "shared"], build);
         }
         bins
     }
+}
+
+/// The shipped helper (target/helper/docker-credential-regent), copied once
+/// per test process into a directory of its own next to a hard link of the
+/// agent at `regent`: the helper starts the `regent` next to its own
+/// executable, as in an installation, and must not find another one on PATH.
+fn shipped_helper(bin_dir: &Path, regent: &Path) -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let target = bin_dir.parent().expect("target/<profile> has a parent");
+        let built = target.join("helper").join(HELPER);
+        if !built.is_file() {
+            panic!(
+                "{} does not exist: run `cargo build --profile helper -p regent-helper` \
+                 (or unset {HELPER_PROFILE_ENV} to test the debug helper)",
+                built.display()
+            );
+        }
+        if std::env::var_os("REGENT_TEST_ALLOW_STALE").is_none() {
+            check_fresh(
+                &built,
+                &["helper", "shared"],
+                "cargo build --profile helper -p regent-helper",
+            );
+        }
+        let base = target.join("tmp");
+        // Directories of test processes that are gone.
+        if let Ok(rd) = fs::read_dir(&base) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name
+                    .strip_prefix("shipped-bins-")
+                    .and_then(|p| p.parse::<u32>().ok())
+                    && !is_alive(pid)
+                {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = base.join(format!("shipped-bins-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create the shipped-bins directory");
+        fs::copy(&built, dir.join(HELPER)).expect("copy the shipped helper");
+        if fs::hard_link(regent, dir.join(REGENT)).is_err() {
+            fs::copy(regent, dir.join(REGENT)).expect("copy regent next to the shipped helper");
+        }
+        dir
+    });
+    dir.join(HELPER)
 }
 
 fn default_bin_dir() -> PathBuf {
@@ -144,7 +225,7 @@ fn default_bin_dir() -> PathBuf {
 
 /// Fails when a binary is older than the sources it is built from: a run
 /// against stale binaries tests yesterday's code.
-fn check_fresh(bin: &Path, crates: &[&str]) {
+fn check_fresh(bin: &Path, crates: &[&str], build: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root");
@@ -160,7 +241,7 @@ fn check_fresh(bin: &Path, crates: &[&str]) {
         && t > built
     {
         panic!(
-            "{} is older than {}: run `cargo build --workspace --bins` first \
+            "{} is older than {}: run `{build}` first \
              (set REGENT_TEST_ALLOW_STALE=1 to test it anyway)",
             bin.display(),
             path.display()
@@ -1142,9 +1223,72 @@ pub fn all_at_once<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     })
 }
 
-/// Prints why a test is skipped (visible with `--nocapture` and in the
-/// summary of a failing run).
+/// True when a skip must fail the test: `REGENT_TEST_STRICT=1`, or, when
+/// that is not set, `CI=true` (or the older `REGENT_E2E_STRICT=1`).
+/// `REGENT_TEST_STRICT=0` turns it off. scripts/test sets it explicitly.
+pub fn strict() -> bool {
+    let var = |name: &str| std::env::var(name).map(|v| v.trim().to_ascii_lowercase());
+    match var("REGENT_TEST_STRICT").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => {
+            matches!(var("CI").as_deref(), Ok("true" | "1"))
+                || var("REGENT_E2E_STRICT").as_deref() == Ok("1")
+        }
+    }
+}
+
+/// The name of the running test: libtest runs each test on a thread named
+/// after it.
+pub fn current_test() -> String {
+    thread::current()
+        .name()
+        .unwrap_or("<unnamed test>")
+        .to_owned()
+}
+
+/// Reports that `test` (or one check of it) did not run here, and why.
+///
+/// Every skip is counted: the line `SKIP: <test>: <why>` goes straight to
+/// fd 2 (past libtest's capture, so a normal run shows it), to stdout, and
+/// is appended to the file named by `REGENT_TEST_SKIP_LOG` (or the older
+/// `REGENT_E2E_SKIP_LOG`), from which scripts/test lists the skips of each
+/// phase. In [`strict`] mode the skip then fails the test.
+///
+/// The caller returns (or leaves out the check) after a non-strict skip.
+/// Something that does not apply at all (a crash test on the memory store)
+/// is not a skip: see [`not_applicable`].
 pub fn skip(test: &str, why: &str) {
-    eprintln!("SKIPPED {test}: {why}");
-    println!("SKIPPED {test}: {why}");
+    let line = format!("SKIP: {test}: {why}");
+    let first = line.lines().next().unwrap_or_default().to_owned();
+    let _ = io::stderr().write_all(format!("\n{line}\n\n").as_bytes());
+    println!("{line}");
+    let log = ["REGENT_TEST_SKIP_LOG", "REGENT_E2E_SKIP_LOG"]
+        .into_iter()
+        .find_map(|v| std::env::var_os(v).filter(|p| !p.is_empty()));
+    if let Some(path) = log {
+        // One write of one line with O_APPEND: parallel tests do not interleave.
+        match fs::OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(mut f) => {
+                let _ = f.write_all(format!("{first}\n").as_bytes());
+            }
+            Err(e) => panic!(
+                "cannot append to the skip log {}: {e}; the skip of {test} would go uncounted",
+                Path::new(&path).display()
+            ),
+        }
+    }
+    if strict() {
+        panic!(
+            "strict mode (REGENT_TEST_STRICT=1 or CI=true): a skip is a failure: {line}\n\
+             (REGENT_TEST_STRICT=0 allows skips)"
+        );
+    }
+}
+
+/// Notes that `test` checks nothing on this configuration by design (it is
+/// about a store other than the one under test, which runs in its own
+/// scripts/test phase). Not counted as a skip.
+pub fn not_applicable(test: &str, why: &str) {
+    eprintln!("not applicable here: {test}: {why}");
 }

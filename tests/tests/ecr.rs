@@ -6,7 +6,7 @@
 //! timings, are asserted.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -481,6 +481,60 @@ fn moto_server() -> Option<PathBuf> {
 
 struct Moto(Child);
 
+/// Starts moto_server on a free 127.0.0.1 port and waits until it listens.
+/// The port is picked by binding port 0 and closing it, so another process
+/// may take it before moto binds: moto then exits ("Address already in
+/// use") and a new port is tried, up to five times.
+/// `None` (after a counted skip) when the program cannot be run at all.
+fn start_moto(test: &str, server: &Path) -> Option<(u16, tempfile::NamedTempFile, Moto)> {
+    let mut failures = Vec::new();
+    for _ in 0..5 {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(Stdio::null())
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => Moto(c),
+            Err(e) => {
+                regent_tests::e2e::skip(test, &format!("cannot run {}: {e}", server.display()));
+                return None;
+            }
+        };
+        // Listening, and it is moto that listens: it is still alive once the
+        // port answers (a moto that lost the port exits at once).
+        let mut exited = None;
+        let up = wait_until(Duration::from_secs(30), || {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                exited = Some(status);
+                return true;
+            }
+            let listening = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            listening
+                && !wait_until(Duration::from_millis(300), || {
+                    matches!(child.0.try_wait(), Ok(Some(_)))
+                })
+        });
+        let text = fs::read_to_string(log.path()).unwrap_or_default();
+        match exited {
+            None if up => return Some((port, log, child)),
+            None => panic!("moto_server did not listen on {port} within 30 s: {text}"),
+            Some(status) if text.contains("in use") => {
+                failures.push(format!("port {port}: {status}"));
+            }
+            Some(status) => panic!("moto_server exited ({status}) on port {port}: {text}"),
+        }
+    }
+    panic!("moto_server could not get a port: {failures:?}");
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -499,33 +553,9 @@ fn moto_interop_smoke() {
         );
         return;
     };
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
+    let Some((port, log, child)) = start_moto(TEST, &server) else {
+        return;
     };
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let child = Command::new(&server)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdin(Stdio::null())
-        .stdout(log.reopen().unwrap())
-        .stderr(log.reopen().unwrap())
-        .spawn();
-    let child = match child {
-        Ok(c) => Moto(c),
-        Err(e) => {
-            regent_tests::e2e::skip(TEST, &format!("cannot run {}: {e}", server.display()));
-            return;
-        }
-    };
-    let up = wait_until(Duration::from_secs(30), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    assert!(
-        up,
-        "moto_server did not listen on {port}: {}",
-        fs::read_to_string(log.path()).unwrap_or_default()
-    );
     let aws = Aws::new(&format!("http://127.0.0.1:{port}"));
     // moto answers with a real-shaped token whose expiresAt is hard-wired
     // to 2015-01-01: the agent must refuse it, never serve it.

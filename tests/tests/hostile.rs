@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use regent_tests::{Outcome, TestEnv, is_alive, unique_host};
+use regent_tests::{NO_SERVER_URL, NOT_FOUND, Outcome, TestEnv, is_alive, unique_host};
 
 /// The store as `list` and one known `get` see it.
 fn snapshot(env: &TestEnv, host: &str) -> (String, String) {
@@ -15,13 +15,13 @@ fn snapshot(env: &TestEnv, host: &str) -> (String, String) {
     (list.stdout(), env.get_ok(host).secret)
 }
 
-/// One line on stdout, exit status 1.
-fn assert_one_line_failure(out: &Outcome, what: &str) {
+/// Exit status 1 and exactly `line` on stdout.
+fn assert_failure(out: &Outcome, what: &str, line: &str) {
     assert_eq!(out.code(), Some(1), "{what}: expected exit 1\n{out}");
     assert_eq!(
-        out.out_lines().len(),
-        1,
-        "{what}: expected one line on stdout\n{out}"
+        out.stdout(),
+        format!("{line}\n"),
+        "{what}: expected exactly this line on stdout\n{out}"
     );
 }
 
@@ -39,35 +39,77 @@ fn hostile_helper_input_gets_one_line_and_changes_nothing() {
     invalid_utf8.extend_from_slice(b"\"}");
     let huge = vec![b'a'; 10 * 1024 * 1024];
     let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("empty", Vec::new()),
-        ("invalid UTF-8", invalid_utf8),
-        ("garbage", garbage),
-        ("10 MiB", huge),
+    const TOO_LARGE: &str = "input too large: more than 1048576 bytes on stdin";
+    // (name, stdin, what get, store and erase print: `None` is success with
+    // an empty stdout). A garbage server URL is a key like any other: get
+    // finds nothing, erase has nothing to erase.
+    type Case<'a> = (&'a str, Vec<u8>, [Option<&'a str>; 3]);
+    let cases: Vec<Case> = vec![
+        (
+            "empty",
+            Vec::new(),
+            [
+                Some(NO_SERVER_URL),
+                Some("no credentials JSON on stdin"),
+                Some(NO_SERVER_URL),
+            ],
+        ),
+        (
+            "invalid UTF-8",
+            invalid_utf8,
+            [
+                Some(NOT_FOUND),
+                Some("invalid credentials JSON on stdin at line 1 column 51"),
+                None,
+            ],
+        ),
+        (
+            "garbage",
+            garbage,
+            [
+                Some(NOT_FOUND),
+                Some("invalid credentials JSON on stdin at line 1 column 1"),
+                None,
+            ],
+        ),
+        (
+            "10 MiB",
+            huge,
+            [Some(TOO_LARGE), Some(TOO_LARGE), Some(TOO_LARGE)],
+        ),
     ];
-    for verb in ["get", "store"] {
-        for (name, input) in &cases {
+    for (v, verb) in ["get", "store", "erase"].into_iter().enumerate() {
+        for (name, input, expected) in &cases {
             let out = env.helper(&[verb], input);
-            assert_one_line_failure(&out, &format!("{verb} with {name} stdin"));
+            let what = format!("{verb} with {name} stdin");
+            match expected[v] {
+                Some(line) => assert_failure(&out, &what, line),
+                None => assert!(
+                    out.success() && out.stdout.is_empty(),
+                    "{what}: expected exit 0 and an empty stdout\n{out}"
+                ),
+            }
         }
     }
-    // erase of something that is not a registry key: nothing to erase, so
-    // success (as erasing a missing key), or a one-line refusal; never a
-    // change to the store.
-    for (name, input) in &cases {
-        let out = env.helper(&["erase"], input);
-        if !out.success() {
-            assert_one_line_failure(&out, &format!("erase with {name} stdin"));
-        }
-    }
-    for args in [&["frobnicate"][..], &["get", "extra"], &["list", "x", "y"]] {
+    const USAGE: &str = "Usage: docker-credential-regent <store|get|erase|list|version>";
+    for (args, line) in [
+        (
+            &["frobnicate"][..],
+            "docker-credential-regent: unknown action: frobnicate",
+        ),
+        (&["get", "extra"], USAGE),
+        (&["list", "x", "y"], USAGE),
+    ] {
         let out = env.helper(args, &host);
-        assert_one_line_failure(&out, &format!("{args:?}"));
+        assert_failure(&out, &format!("{args:?}"), line);
     }
     for verb in ["get", "store", "erase"] {
         let out = env.helper_stdin_open(&[verb]);
-        assert_one_line_failure(&out, &format!("{verb} with a stdin that never closes"));
-        assert!(out.stdout().contains("timed out"), "{out}");
+        assert_failure(
+            &out,
+            &format!("{verb} with a stdin that never closes"),
+            "timed out after 10s waiting for stdin to close",
+        );
     }
 
     assert!(is_alive(pid), "the agent died\n{}", env.diagnostics());

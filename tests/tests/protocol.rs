@@ -1,9 +1,14 @@
 //! Conformance with the docker credential-helper protocol: every verb, every
 //! error string, stdin variants, output shapes (protocol.md §5, C1–C24).
 
-use regent_tests::{
-    Input, NO_SERVER_URL, NO_USERNAME, NOT_FOUND, StoreKind, TestEnv, random_secret, unique_host,
-};
+use regent_tests::{Input, StoreKind, TestEnv, random_secret, unique_host};
+
+// The protocol's error lines as docker's credential-helper client matches
+// them (github.com/docker/docker-credential-helpers, credentials/error.go),
+// pinned here as literals: never taken from the code under test.
+const NOT_FOUND: &str = "credentials not found in native keychain";
+const NO_SERVER_URL: &str = "no credentials server URL";
+const NO_USERNAME: &str = "no credentials username";
 
 const VERSION_PREFIX: &str = "docker-credential-regent (regent) ";
 

@@ -491,57 +491,123 @@ fn the_agent_disables_core_dumps_and_locks_its_memory() {
     }
 }
 
+/// Logs the argv and environment a process started with (the raw
+/// `/proc/$$/cmdline` and `/proc/$$/environ` of the shell, which are what
+/// its parent passed to execve) to `LOG`, between a `==> WHAT` line and an
+/// `<== end` line.
+fn spawn_logger(what: &str, log: &Path) -> String {
+    format!(
+        "{{ printf '==> {what}\\n'; cat /proc/$$/cmdline; printf '\\n--env--\\n'; \
+         cat /proc/$$/environ; printf '\\n<== end\\n'; }} >>'{}'\n",
+        log.display()
+    )
+}
+
+/// Secrets never reach the argv or the environment of any process regent
+/// starts: every `regent agent` the helper starts goes through a wrapper
+/// named `regent` next to a copy of the helper (the helper runs the `regent`
+/// beside its own executable), and every `exec` source command is a script;
+/// both log their argv and environment at their start, before anything else
+/// runs. Polling /proc instead could miss a process that lives a few ms.
 #[test]
 fn secrets_never_reach_argv_or_the_environment_of_any_process() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-
     let env = TestEnv::new();
-    let secrets = distinct_secrets();
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let scans = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    // Scan every process's argv and environment while the secrets pass
-    // through the helper and the agent.
-    let scanner = {
-        let stop = stop.clone();
-        let seen = seen.clone();
-        let scans = scans.clone();
-        let secrets = secrets.clone();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                for entry in fs::read_dir("/proc").unwrap().flatten() {
-                    let name = entry.file_name();
-                    if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-                        continue;
-                    }
-                    for file in ["cmdline", "environ"] {
-                        let Ok(bytes) = fs::read(entry.path().join(file)) else {
-                            continue;
-                        };
-                        for s in &secrets {
-                            if contains(&bytes, s.as_bytes()) {
-                                seen.lock()
-                                    .unwrap()
-                                    .push(format!("/proc/{}/{file}", name.to_string_lossy()));
-                            }
-                        }
-                    }
-                }
-                scans.fetch_add(1, Ordering::SeqCst);
-            }
-        })
+    let bin = env.root.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let spawned = env.root.join("spawned.log");
+    let helper = bin.join(regent_tests::HELPER);
+    fs::copy(&env.bins.helper, &helper).unwrap();
+    let wrapper = bin.join(regent_tests::REGENT);
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n{}exec '{}' \"$@\"\n",
+            spawn_logger("regent", &spawned),
+            env.bins.regent.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+
+    // An exec source whose token is a secret too (read from a file, so it
+    // is in no argv either).
+    let token = random_secret(48);
+    let token_file = env.root.join("token");
+    fs::write(&token_file, &token).unwrap();
+    let script = env.root.join("token.sh");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n{}cat >/dev/null\nexp=$(( $(date +%s) + 3600 ))\n\
+             printf '{{\"Version\":1,\"Username\":\"tok-user\",\"Secret\":\"%s\",\"ExpiresAt\":%s}}\\n' \
+             \"$(cat '{}')\" \"$exp\"\n",
+            spawn_logger("exec", &spawned),
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let config = env.config_home.join("regent").join("config.toml");
+    fs::create_dir_all(config.parent().unwrap()).unwrap();
+    fs::write(
+        &config,
+        format!(
+            "[[registry]]\nmatch = \"*.exec.example\"\nsource = \"exec\"\ncommand = [\"/bin/sh\", {:?}]\n",
+            script.display().to_string()
+        ),
+    )
+    .unwrap();
+
+    let run = |verb: &str, stdin: Vec<u8>| {
+        env.run(
+            env.command(&helper).arg(verb),
+            Input::Bytes(&stdin),
+            regent_tests::DEFAULT_TIMEOUT,
+        )
     };
-    for round in 0..5 {
+    let secrets = distinct_secrets();
+    let rounds = 3;
+    for round in 0..rounds {
+        // No agent runs: the first store starts one, with its secret in hand.
         for (i, s) in secrets.iter().enumerate() {
             let host = format!("argv{round}-{i}.example");
-            env.store_ok(&host, "u", s);
-            assert_eq!(&env.get_ok(&host).secret, s);
+            let out = run("store", TestEnv::store_json(&host, "u", s));
+            env.assert_store_ok(&out, s);
+            let out = run("get", host.into_bytes());
+            assert_eq!(&env.parse_get(&out).secret, s);
+        }
+        let out = run("get", format!("r{round}.exec.example").into_bytes());
+        assert_eq!(env.parse_get(&out).secret, token, "the exec source's token");
+        env.stop_agent();
+    }
+
+    let log = fs::read(&spawned).unwrap_or_default();
+    let starts = |what: &str| {
+        String::from_utf8_lossy(&log)
+            .matches(&format!("==> {what}\n"))
+            .count()
+    };
+    // Something was checked: an agent per round, an exec run per round.
+    assert!(
+        starts("regent") >= rounds && starts("exec") >= rounds,
+        "expected at least {rounds} agent starts through the wrapper and {rounds} exec runs, \
+         logged {} and {}\n{}",
+        starts("regent"),
+        starts("exec"),
+        String::from_utf8_lossy(&log)
+    );
+    assert!(
+        contains(&log, b"\0agent\0") && contains(&log, b"\0HOME="),
+        "the spawn log holds no argv or environment: {}",
+        String::from_utf8_lossy(&log)
+    );
+    for (i, s) in secrets.iter().chain([&token]).enumerate() {
+        for piece in s.as_bytes().chunks(16).filter(|c| c.len() == 16) {
+            assert!(
+                !contains(&log, piece),
+                "secret #{i} (or a piece of it) is in the argv or environment of a process regent \
+                 started:\n{}",
+                String::from_utf8_lossy(&log)
+            );
         }
     }
-    stop.store(true, Ordering::SeqCst);
-    scanner.join().unwrap();
-    assert!(scans.load(Ordering::SeqCst) > 0, "the scanner never ran");
-    let seen = seen.lock().unwrap();
-    assert!(seen.is_empty(), "secrets seen in: {seen:?}");
 }
