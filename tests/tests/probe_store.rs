@@ -16,7 +16,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use regent_shared::protocol::{MAX_FRAME, Request, Response};
-use regent_tests::{StoreKind, TestEnv, is_alive, kill, random_secret, unique_host, wait_until};
+use regent_tests::{
+    StoreKind, TestEnv, is_alive, kill, not_applicable, random_secret, unique_host, wait_until,
+};
 
 /// The secret of store number `n`: its number is in it, so a get shows
 /// which store the secret came from.
@@ -75,7 +77,10 @@ fn assert_whole_and_agreeing(env: &TestEnv, key: &str, round: usize) -> Option<u
 fn crash_during_overwrite_keeps_each_login_whole() {
     let env = TestEnv::new();
     if !env.store.is_persistent() {
-        // The memory store keeps nothing across a crash: nothing to mix.
+        not_applicable(
+            "crash_during_overwrite_keeps_each_login_whole",
+            "the memory store keeps nothing across a crash; the persistent phases run it",
+        );
         return;
     }
     let key = unique_host("overwrite");
@@ -229,7 +234,10 @@ fn missing_secrets_file_with_an_index_is_refused() {
 fn registry_names_never_reach_regents_own_keyring_entries() {
     let env = TestEnv::new();
     if env.store != StoreKind::Keyring {
-        // Only the keyring store shares a namespace with regent's entries.
+        not_applicable(
+            "registry_names_never_reach_regents_own_keyring_entries",
+            "only the keyring store shares a namespace with regent's entries",
+        );
         return;
     }
     for (host, user) in [("__regent_probe__", "p"), ("file-master-key", "m")] {
@@ -251,7 +259,10 @@ fn registry_names_never_reach_regents_own_keyring_entries() {
 #[test]
 fn a_login_named_file_master_key_leaves_the_file_stores_key_alone() {
     if StoreKind::from_env() != StoreKind::Keyring {
-        // Needs a Secret Service (the keyring phase runs one).
+        not_applicable(
+            "a_login_named_file_master_key_leaves_the_file_stores_key_alone",
+            "needs the Secret Service the keyring phase runs",
+        );
         return;
     }
     let file = TestEnv::with_store(StoreKind::File);
@@ -396,6 +407,10 @@ fn a_bad_master_key_file_says_what_each_choice_does() {
 fn keys_lost_from_the_kernel_keyring_leave_the_list() {
     let env = TestEnv::new();
     if env.store != StoreKind::Keyutils {
+        not_applicable(
+            "keys_lost_from_the_kernel_keyring_leave_the_list",
+            "the keyutils phase runs it",
+        );
         return;
     }
     let lost = unique_host("purged");
