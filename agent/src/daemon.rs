@@ -1,5 +1,8 @@
 //! `regent agent`: the agent's life from start to exit.
 //!
+//! Before any of this, [`crate::environ::prepare`] re-executes the agent with
+//! its own clean environment when the one it was given holds more.
+//!
 //! 1. Harden the process (no core dumps, not ptrace-able by the same user).
 //! 2. Read the config; create the session keyring if the kernel keyring is the
 //!    store (before any thread exists).

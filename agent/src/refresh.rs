@@ -1,7 +1,7 @@
 //! The refresh engine: one cached token per source cache key, refreshed ahead
 //! of expiry, fetched once however many requests want it.
 //!
-//! Policy (see the architecture notes, "Sources and refresh"):
+//! Policy (see docs/architecture.md, "Sources and refresh"):
 //!
 //! - **Serve while valid.** A cached token is handed out while the wall clock
 //!   is before `expires_at − margin`, with margin = min(60 s, 10 % of the

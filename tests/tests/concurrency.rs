@@ -1,5 +1,5 @@
 //! Many helpers at once: racing agent starts, parallel stores and gets
-//! (protocol.md C23), no lost updates.
+//! (docs/protocol.md C23), no lost updates.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -1,6 +1,6 @@
-//! Registry-key normalisation as clients see it (protocol.md C18, C19): a login
-//! made by docker is found by podman and vice versa, and `list` returns the
-//! form that was stored last.
+//! Registry-key normalisation as clients see it (docs/protocol.md C18, C19):
+//! a login made by docker is found by podman and vice versa, and `list`
+//! returns the form that was stored last.
 
 use regent_tests::TestEnv;
 

@@ -1,5 +1,5 @@
 //! Conformance with the docker credential-helper protocol: every verb, every
-//! error string, stdin variants, output shapes (protocol.md §5, C1–C24).
+//! error string, stdin variants, output shapes (docs/protocol.md §5, C1–C24).
 
 use regent_tests::{Input, StoreKind, TestEnv, random_secret, unique_host};
 

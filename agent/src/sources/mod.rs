@@ -7,10 +7,14 @@
 //! refreshes it ahead of expiry, and makes concurrent requests share one
 //! fetch.
 //!
-//! Adding a source is one file here plus one line in [`from_config`]: parse
-//! the `[[registry]]` settings into a struct with `deny_unknown_fields`, and
-//! implement the trait. Hostname auto-detection (a registry with no configured
-//! source and no stored login) goes through [`detect`].
+//! Adding a source is one file here (parse the `[[registry]]` settings into a
+//! struct with `deny_unknown_fields`, and implement the trait) plus edits
+//! made in step in this file: an arm in [`from_config`] (and, for a source
+//! behind a cargo feature, a `cfg(not(feature))` arm that says it was left
+//! out), its name in [`KNOWN`], and, for hostname auto-detection (a registry
+//! with no configured source and no stored login), a call in [`detect`],
+//! which today asks the ECR detector alone: a second one is chained there by
+//! hand. See "How to add a source" in docs/architecture.md.
 //!
 //! Errors name the source and the registry and say what to do next. They
 //! never carry a secret, and never anything a command printed on stdout.

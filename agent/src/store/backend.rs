@@ -1,9 +1,14 @@
-//! The persistent backends behind the agent's store, and how one is chosen.
+//! What every persistent backend behind the agent's store offers: the
+//! [`Backend`] trait, its ops and errors. Which backend is opened, and why,
+//! is decided in [`super::select`].
 //!
-//! A backend maps a canonical registry key to a secret and nothing else: the
-//! server URL as stored, the username and the timestamps live in the
-//! [`super::index::Index`]. Every method blocks (D-Bus, syscalls, fsync): the
-//! agent calls them from `spawn_blocking` or its writer thread only.
+//! A backend maps a canonical registry key to one opaque value, which the
+//! agent writes as a whole login ([`super::record`]: server URL, username,
+//! update time and secret; a bare secret when an older regent wrote it). The
+//! [`super::index::Index`] beside it keeps the server URL, the username and
+//! the timestamps too, so that `list` needs no backend read. Every method
+//! blocks (D-Bus, syscalls, fsync): the agent calls them from
+//! `spawn_blocking` or its writer thread only.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -76,7 +81,7 @@ pub trait Backend: Send + Sync {
     /// Where the data lives, for `regent status` (a path, a keyring name).
     fn location(&self) -> String;
 
-    /// The secret stored under `key`, if any.
+    /// The value stored under `key` (a [record](super::record)), if any.
     fn get(&self, key: &str) -> Result<Option<Secret>, StoreError>;
 
     /// Applies `ops` in order and returns once all of them are durable.

@@ -16,8 +16,8 @@
 //!
 //! The 18 header bytes are the associated data of the AEAD, so a changed
 //! header is detected like a changed ciphertext. The plaintext is a JSON
-//! object mapping each canonical key to its secret string. Plaintext buffers
-//! are wiped after use.
+//! object mapping each canonical key to its value as a string (the whole
+//! login, see [`super::record`]). Plaintext buffers are wiped after use.
 //!
 //! # The master key
 //!

@@ -1,8 +1,11 @@
 //! The index of stored credentials: everything about them except the secret.
 //!
-//! The index serves `list` and `regent ls` without touching the keyring, and
-//! keeps the server URL exactly as the client stored it (the backends only
-//! know canonical keys). It lives in `<data_dir>/index.json`:
+//! The index serves `list` and `regent ls` without touching the keyring: it
+//! keeps the server URL exactly as the client stored it and the username
+//! beside each canonical key. Each persistent backend has an index of its
+//! own, `<data_dir>/index-<kind>.json` (`index-keyring.json`,
+//! `index-file.json`, `index-keyutils.json`: [`super::select::index_path`]);
+//! the memory store's index lives in memory only. The format:
 //!
 //! ```json
 //! {
@@ -27,7 +30,9 @@
 //!
 //! The index is a cache of what the records in the store say: for the file
 //! and memory stores, which hand over every record at start-up, it is checked
-//! against them (and rebuilt when it is missing) each time the agent starts. The file is written with
+//! against them (and rebuilt when it is missing) each time the agent starts;
+//! for the kernel keyring, whose reads are cheap, every indexed key is read
+//! back and checked. The file is written with
 //! [`write_atomic`](super::atomic::write_atomic) (mode 0600), so it is always
 //! either the old or the new version. A file that cannot be read or parsed,
 //! or that has a `version` this build does not know, is an error: it is never
