@@ -7,7 +7,8 @@
 //! | Windows | Credential Manager (`windows-native-keyring-store`) | generic credentials of the user |
 //!
 //! Every entry has service = the keyring service name (`regent` unless
-//! `REGENT_KEYRING_SERVICE` says otherwise, see [`service_from_env`]) and
+//! `REGENT_KEYRING_SERVICE` or `keyring_service` in the config file says
+//! otherwise; the agent takes it from [`crate::config::Settings`]) and
 //! user/account = the canonical registry key. The value is the whole login
 //! as a [record](super::record), stored as its UTF-8 bytes.
 //!
