@@ -14,8 +14,9 @@
 //! and prints one on stdout:
 //! `{"Version":1,"Username":"…","Secret":"…","ExpiresAt":"<RFC 3339>"}`.
 //! `ExpiresAt` may also be an integer of Unix seconds, or absent: the token
-//! is then kept until the agent stops or the config is reloaded. Unknown
-//! fields are ignored; another `Version` is refused.
+//! is then kept until the agent stops or a reload changes or removes the
+//! `[[registry]]` entry it came from. Unknown fields are ignored; another
+//! `Version` is refused.
 //!
 //! Bounds: stdout is capped at 1 MiB (past that the command is killed) and
 //! zeroed after parsing; only the tail of stderr is kept. The command's exit
