@@ -31,11 +31,12 @@
 //! # Trust boundary
 //! The agent serves only peers whose uid equals its own (checked with
 //! `SO_PEERCRED` / `getpeereid` on every connection), on top of the 0700
-//! directory. Secrets cross this boundary only inside `Store` requests and
-//! `Credentials` responses, and as the caller's AWS credentials in the
-//! `env` of `Get` ([`CallerEnv`], zeroed on drop, never `Debug`-printed);
-//! every buffer that held a frame is zeroed after use. Errors never carry a secret: decoding errors report only their
-//! position, never the offending value.
+//! directory. Secrets cross this boundary only inside `Store` and
+//! `SecretSet` requests and `Credentials` responses, and as the caller's AWS
+//! credentials in the `env` of `Get` ([`CallerEnv`], zeroed on drop, never
+//! `Debug`-printed); every buffer that held a frame is zeroed after use.
+//! Errors never carry a secret: decoding errors report only their position,
+//! never the offending value.
 
 use std::collections::BTreeMap;
 use std::fmt;
