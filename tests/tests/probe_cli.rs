@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use base64::Engine;
-use regent_tests::e2e::{E2e, USER};
 use regent_tests::{DEFAULT_TIMEOUT, Input, Outcome, TestEnv};
 use serde_json::{Value, json};
 
@@ -648,42 +647,6 @@ fn install_help_is_complete() {
         "the help ends with a whole sentence:\n{text}"
     );
     assert!(!text.contains("set -euo"), "only the header:\n{text}");
-}
-
-// ---- podman, when regent cannot store ----
-
-/// With a store that cannot open (the keyring with no Secret Service), a
-/// podman login fails with regent's reason, and the password lands in no
-/// plaintext file.
-#[test]
-fn e2e_podman_login_fails_with_regents_reason_when_regent_cannot_store() {
-    let mut e = E2e::new("e2e_podman_login_fails_with_regents_reason_when_regent_cannot_store");
-    if !e.podman_works() {
-        return;
-    }
-    let Some(reg) = e.registry() else { return };
-    e.env.set_env("REGENT_STORE", Some("keyring"));
-    e.env.set_env("DBUS_SESSION_BUS_ADDRESS", None::<&str>);
-    let addr = reg.addr.as_str();
-    let out = e.login("podman", addr, &reg.password);
-    assert!(
-        !out.success() && !out.stdout().contains("Login Succeeded"),
-        "{out}\n{}",
-        e.diagnostics()
-    );
-    assert!(
-        out.stderr().contains("keyring store is not usable"),
-        "podman says regent's reason\n{out}"
-    );
-    let encoded = b64(&format!("{USER}:{}", reg.password));
-    for (path, text) in e.env.all_files() {
-        let text = String::from_utf8_lossy(&text);
-        assert!(
-            !text.contains(&reg.password) && !text.contains(&encoded),
-            "the password is in {}",
-            path.display()
-        );
-    }
 }
 
 #[test]
