@@ -516,7 +516,7 @@ fn print_status(info: &StatusInfo) {
 }
 
 fn ls(json: bool) -> anyhow::Result<ExitCode> {
-    let resp = client::call(&starting_options(), &Request::Entries)?;
+    let resp = client::call(&starting_options(), &Request::ListEntries)?;
     let entries = match resp {
         Response::Entries { entries } => entries,
         Response::Error { message, .. } => bail!("{message}"),

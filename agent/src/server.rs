@@ -307,10 +307,10 @@ async fn dispatch(req: Request, session: &mut Session, state: &AgentState) -> Re
                 ),
             },
         },
-        Request::List => Response::List {
+        Request::ListLogins => Response::List {
             entries: state.credentials.list(),
         },
-        Request::Entries => {
+        Request::ListEntries => {
             let mut entries = state.credentials.entries();
             entries.extend(state.engine.entries());
             entries.sort_by(|a, b| a.key.cmp(&b.key).then(a.source.cmp(&b.source)));

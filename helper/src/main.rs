@@ -191,7 +191,7 @@ fn erase() -> Result<(), Failure> {
 /// Nothing is hidden: the reason is on stderr, and every `store` (a login)
 /// fails loudly with it.
 fn list() -> Result<(), Failure> {
-    match client::call(&options(GET_START_BUDGET), &Request::List) {
+    match client::call(&options(GET_START_BUDGET), &Request::ListLogins) {
         Ok(Response::List { entries }) => {
             let mut json = serde_json::to_string(&entries).expect("a string map serialises");
             json.push('\n');

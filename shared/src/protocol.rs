@@ -230,10 +230,14 @@ pub enum Request {
     Erase {
         server_url: String,
     },
-    /// `{server URL as stored: username}`, for the helper's `list`.
-    List,
-    /// One row per credential with its metadata, for `regent ls`.
-    Entries,
+    /// `{server URL as stored: username}` of the stored logins, for the
+    /// helper's `list`; answered with [`Response::List`].
+    #[serde(rename = "List")]
+    ListLogins,
+    /// One row per credential, stored or from a source, with its metadata,
+    /// for `regent ls`; answered with [`Response::Entries`].
+    #[serde(rename = "Entries")]
+    ListEntries,
     Status,
     /// Ask the agent to exit. Its shape never changes.
     Quit,
@@ -262,8 +266,8 @@ impl Request {
             Request::Get { .. } => "get",
             Request::Store { .. } => "store",
             Request::Erase { .. } => "erase",
-            Request::List => "list",
-            Request::Entries => "entries",
+            Request::ListLogins => "list",
+            Request::ListEntries => "entries",
             Request::Status => "status",
             Request::Quit => "quit",
             Request::Reload => "reload",
@@ -635,10 +639,22 @@ mod tests {
 
     #[test]
     fn header_is_big_endian_length() {
-        let frame = encode_frame(&Request::List).unwrap();
+        let frame = encode_frame(&Request::ListLogins).unwrap();
         let body = br#"{"type":"List"}"#;
         assert_eq!(&frame[..4], &(body.len() as u32).to_be_bytes());
         assert_eq!(&frame[4..], body);
+    }
+
+    #[test]
+    fn renamed_variants_keep_their_wire_names() {
+        assert_eq!(
+            serde_json::to_string(&Request::ListEntries).unwrap(),
+            r#"{"type":"Entries"}"#
+        );
+        let back: Request = serde_json::from_str(r#"{"type":"Entries"}"#).unwrap();
+        assert!(matches!(back, Request::ListEntries));
+        let back: Request = serde_json::from_str(r#"{"type":"List"}"#).unwrap();
+        assert!(matches!(back, Request::ListLogins));
     }
 
     #[test]

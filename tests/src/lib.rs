@@ -947,7 +947,7 @@ impl TestEnv {
         if self.agent_pid().is_none() {
             return;
         }
-        if let Ok(Response::List { entries }) = self.request(&Request::List) {
+        if let Ok(Response::List { entries }) = self.request(&Request::ListLogins) {
             for url in entries.keys() {
                 let _ = self.request(&Request::Erase {
                     server_url: url.clone(),
