@@ -22,7 +22,7 @@ use regent_shared::protocol::{EntryInfo, Request, Response, StatusInfo};
 
 use crate::config::Settings;
 use crate::credentials::now_unix;
-use crate::{daemon, import, secrets, setup};
+use crate::{daemon, import, named_secrets, setup};
 
 /// Exit status of `regent status` when no agent is running (as `systemctl status`).
 const EXIT_NOT_RUNNING: u8 = 3;
@@ -623,7 +623,7 @@ fn reload() -> anyhow::Result<ExitCode> {
 fn secret(command: SecretCommand) -> anyhow::Result<ExitCode> {
     let req = match command {
         SecretCommand::Set { name, .. } => {
-            secrets::check_name(&name).map_err(anyhow::Error::msg)?;
+            named_secrets::check_name(&name).map_err(anyhow::Error::msg)?;
             let value = read_secret(&name)?;
             if value.is_empty() {
                 bail!(
@@ -656,7 +656,7 @@ fn secret(command: SecretCommand) -> anyhow::Result<ExitCode> {
 fn read_secret(name: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
     use std::io::{IsTerminal, Read};
     let stdin = std::io::stdin();
-    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(secrets::MAX_VALUE + 1));
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(named_secrets::MAX_VALUE + 1));
     if stdin.is_terminal() {
         eprint!("secret {name} (input hidden): ");
         let _echo = EchoOff::new();
@@ -667,14 +667,14 @@ fn read_secret(name: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
     } else {
         stdin
             .lock()
-            .take(secrets::MAX_VALUE as u64 + 1)
+            .take(named_secrets::MAX_VALUE as u64 + 1)
             .read_to_end(&mut buf)
             .context("reading the secret from stdin")?;
     }
-    if buf.len() > secrets::MAX_VALUE {
+    if buf.len() > named_secrets::MAX_VALUE {
         bail!(
             "the secret on stdin is larger than {} bytes",
-            secrets::MAX_VALUE
+            named_secrets::MAX_VALUE
         );
     }
     if buf.ends_with(b"\n") {

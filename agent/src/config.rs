@@ -39,11 +39,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use regent_shared::registry;
+use regent_shared::registry::{self, RegistryKey};
 use serde::Deserialize;
 
 use crate::sources::{self, Source};
-use crate::store::select::Choice;
+use crate::store::select::{Choice, UnknownStore};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,7 +62,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pattern {
     /// One canonical registry key.
-    Exact(String),
+    Exact(RegistryKey),
     /// `*.domain`: hosts under `domain` (any port); holds `domain`.
     Subdomains(String),
 }
@@ -74,13 +74,14 @@ impl Pattern {
             let canonical = registry::canonical(domain).map_err(|e| format!("{text:?}: {e}"))?;
             if domain.contains('*')
                 || canonical != domain.to_ascii_lowercase()
-                || canonical.contains([':', '/'])
+                || canonical.port().is_some()
+                || canonical.path().is_some()
             {
                 return Err(format!(
                     "{text:?}: a wildcard pattern is `*.` and a domain name, with no scheme, port or path"
                 ));
             }
-            return Ok(Pattern::Subdomains(canonical));
+            return Ok(Pattern::Subdomains(canonical.into_string()));
         }
         if text.contains('*') {
             return Err(format!(
@@ -93,11 +94,11 @@ impl Pattern {
     }
 
     /// True when the pattern covers the canonical key `key`.
-    pub fn matches(&self, key: &str) -> bool {
+    pub fn matches(&self, key: &RegistryKey) -> bool {
         match self {
             Pattern::Exact(k) => k == key,
             Pattern::Subdomains(domain) => {
-                let host = registry::hostname(key);
+                let host = key.host();
                 host.len() > domain.len() + 1
                     && host.ends_with(domain.as_str())
                     && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
@@ -129,7 +130,7 @@ pub struct Rules(Vec<Rule>);
 
 impl Rules {
     /// The source of the first rule that matches the canonical key.
-    pub fn resolve(&self, key: &str) -> Option<Arc<dyn Source>> {
+    pub fn resolve(&self, key: &RegistryKey) -> Option<Arc<dyn Source>> {
         self.0
             .iter()
             .find(|r| r.pattern.matches(key))
@@ -157,29 +158,41 @@ impl fmt::Debug for Rules {
     }
 }
 
+/// Why a value of `store`, `log` or `keyring_service` (in the file or the
+/// environment) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingError {
+    #[error(transparent)]
+    Store(#[from] UnknownStore),
+    #[error("unknown log level {0:?}: use error, warn, info, debug or trace")]
+    LogLevel(String),
+    #[error(
+        "keyring service {0:?} must be a non-empty name without control characters \
+         (the default is \"regent\")"
+    )]
+    KeyringService(String),
+}
+
 /// A check of one setting's value: the reason it is refused.
-type Check = fn(&str) -> Result<(), String>;
+type Check = fn(&str) -> Result<(), SettingError>;
 
 /// The store a `store =` or `REGENT_STORE` value names; the agent opens it.
-pub fn check_store(value: &str) -> Result<Choice, String> {
-    value.parse()
+pub fn check_store(value: &str) -> Result<Choice, SettingError> {
+    Ok(value.parse()?)
 }
 
 /// The log level a `log =` or `REGENT_LOG` value names.
-pub fn check_log(value: &str) -> Result<tracing::Level, String> {
+pub fn check_log(value: &str) -> Result<tracing::Level, SettingError> {
     value
         .trim()
         .parse()
-        .map_err(|_| format!("unknown log level {value:?}: use error, warn, info, debug or trace"))
+        .map_err(|_| SettingError::LogLevel(value.to_owned()))
 }
 
 /// A keyring service name: the entries regent keeps are filed under it.
-pub fn check_keyring_service(value: &str) -> Result<(), String> {
+pub fn check_keyring_service(value: &str) -> Result<(), SettingError> {
     if value.trim().is_empty() || value.chars().any(char::is_control) {
-        return Err(format!(
-            "keyring service {value:?} must be a non-empty name without control characters \
-             (the default is \"regent\")"
-        ));
+        return Err(SettingError::KeyringService(value.to_owned()));
     }
     Ok(())
 }
@@ -217,7 +230,7 @@ pub enum ConfigError {
     Env {
         name: &'static str,
         value: String,
-        message: String,
+        message: SettingError,
     },
 }
 
@@ -388,9 +401,10 @@ mod tests {
 
     #[test]
     fn wildcards_are_anchored_at_a_label() {
+        let key = |s: &str| registry::canonical(s).unwrap();
         let p = Pattern::parse("*.Corp.Example").unwrap();
         for yes in ["a.corp.example", "a.b.corp.example", "a.corp.example:5000"] {
-            assert!(p.matches(yes), "{yes}");
+            assert!(p.matches(&key(yes)), "{yes}");
         }
         for no in [
             "corp.example",
@@ -400,15 +414,15 @@ mod tests {
             "acorp.example",
             "docker.io",
         ] {
-            assert!(!p.matches(no), "{no}");
+            assert!(!p.matches(&key(no)), "{no}");
         }
         let exact = Pattern::parse("https://Reg.Example:5000/v2/").unwrap();
-        assert_eq!(exact, Pattern::Exact("reg.example:5000".into()));
-        assert!(exact.matches("reg.example:5000"));
-        assert!(!exact.matches("reg.example"));
-        assert!(!exact.matches("a.reg.example:5000"));
+        assert_eq!(exact, Pattern::Exact(key("reg.example:5000")));
+        assert!(exact.matches(&key("reg.example:5000")));
+        assert!(!exact.matches(&key("reg.example")));
+        assert!(!exact.matches(&key("a.reg.example:5000")));
         let hub = Pattern::parse("index.docker.io").unwrap();
-        assert!(hub.matches("docker.io"));
+        assert!(hub.matches(&key("docker.io")));
         for bad in [
             "*",
             "*.",
@@ -429,17 +443,18 @@ mod tests {
              [[registry]]\nmatch = \"*.corp.example\"\n{EXEC}timeout_secs = 5\n"
         ));
         assert_eq!(r.len(), 2);
-        let a = r.resolve("a.corp.example").unwrap();
-        let b = r.resolve("b.corp.example").unwrap();
-        let req = |key: &str| crate::sources::SourceRequest {
-            key: key.into(),
-            server_url: key.into(),
+        let key = |s: &str| registry::canonical(s).unwrap();
+        let a = r.resolve(&key("a.corp.example")).unwrap();
+        let b = r.resolve(&key("b.corp.example")).unwrap();
+        let req = |raw: &str| crate::sources::SourceRequest {
+            key: key(raw),
+            server_url: raw.into(),
             env: Default::default(),
         };
         // Different settings, different cache keys.
         assert_ne!(a.cache_key(&req("x")), b.cache_key(&req("x")));
-        assert!(r.resolve("corp.example").is_none());
-        assert!(r.resolve("corp.example.evil.org").is_none());
+        assert!(r.resolve(&key("corp.example")).is_none());
+        assert!(r.resolve(&key("corp.example.evil.org")).is_none());
     }
 
     #[test]

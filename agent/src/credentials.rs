@@ -29,7 +29,14 @@
 //! applies each batch durably and only then updates the table and
 //! acknowledges. When several writes are waiting, an atomic backend (the
 //! encrypted file, memory) gets them as one batch: one encryption and one
-//! fsync for all of them.
+//! fsync for all of them. A batch the backend refuses changes nothing in
+//! memory (the index's changes are undone, the table is not touched) and
+//! every write in it is answered with the backend's reason.
+//!
+//! Named secrets ([`crate::named_secrets`]) live in the same table under
+//! `secret:NAME`; the table hands them to sources as their
+//! [`SecretLookup`], so the sources never see the store and the policy
+//! module depends on nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc as std_mpsc;
@@ -39,9 +46,11 @@ use std::time::Duration;
 
 use regent_shared::Secret;
 use regent_shared::protocol::{EntryInfo, MAX_FRAME, Response};
+use regent_shared::registry::RegistryKey;
 use tokio::sync::oneshot;
 
-use crate::secrets;
+use crate::named_secrets;
+use crate::sources::{BoxFuture, SecretLookup};
 use crate::store::index::{Index, IndexEntry, Pending};
 use crate::store::record::{self, Decoded};
 use crate::store::{Backend, Op, StoreError, StoreKind};
@@ -57,14 +66,54 @@ const WRITE_ACK_TIMEOUT: Duration = Duration::from_secs(20);
 /// How many queued writes the writer takes in one batch at most.
 const MAX_BATCH: usize = 256;
 
-/// Room kept in a `Credentials` frame for a `get` that names the registry
+/// Room kept in a `Response::Credentials` frame for a `get` that names the registry
 /// in a longer form than the one stored (`https://host/` for `host`).
 const SERVER_URL_ROOM: usize = 1024;
 
-/// A credential as the agent serves it.
-pub struct Credential {
+/// What the table holds under a key, as a `get` serves it.
+pub struct StoredCredential {
     pub username: String,
     pub secret: Secret,
+}
+
+/// A login to store: what a client's `store` carries, under its key.
+pub struct NewLogin {
+    pub key: RegistryKey,
+    /// The server URL as the client sent it (trimmed): what `list` shows.
+    pub server_url: String,
+    pub username: String,
+    pub secret: Secret,
+}
+
+/// Why a store or an erase was not done, or may not have been.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// Refused before anything was written: a `get` could not answer it.
+    #[error(
+        "the login is {sent_back} bytes as `get` would send it back (the secret is \
+         {secret_len} bytes), more than the {limit} bytes that fit in one answer; nothing was \
+         stored"
+    )]
+    TooLarge {
+        sent_back: usize,
+        secret_len: usize,
+        limit: usize,
+    },
+    #[error("the agent is shutting down; try again")]
+    ShuttingDown,
+    #[error("the agent's writer stopped; see the agent log")]
+    WriterStopped,
+    /// No answer from the backend in time; the write may still land.
+    #[error(
+        "{location} did not confirm the write within {secs} s (locked behind an unlock prompt, \
+         or not answering); it may still complete: check with `regent ls`, or use \
+         REGENT_STORE=file"
+    )]
+    NotConfirmed { location: String, secs: u64 },
+    /// The backend (or, for a keyring, the index written ahead) refused the
+    /// batch; nothing of it was kept.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 struct Entry {
@@ -100,19 +149,24 @@ impl Write {
 
 struct Job {
     write: Write,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), WriteError>>,
 }
 
-pub struct Credentials {
+/// The credential table: every stored login and named secret, in memory, in
+/// front of the backend; writes go through the writer thread.
+pub struct CredentialTable {
     backend: Arc<dyn Backend>,
     table: Arc<Table>,
     writer: std_mpsc::Sender<Job>,
 }
 
-impl Credentials {
+impl CredentialTable {
     /// Loads the index (and, where the backend allows, every record),
     /// checks one against the other, and starts the writer thread.
-    pub fn open(backend: Arc<dyn Backend>, mut index: Index) -> Result<Credentials, StoreError> {
+    pub fn open(
+        backend: Arc<dyn Backend>,
+        mut index: Index,
+    ) -> Result<CredentialTable, StoreError> {
         let all = match backend.load_all()? {
             Some(all) => Some(all),
             None if backend.reads_are_cheap() => Some(read_indexed(&*backend, &index)?),
@@ -147,7 +201,7 @@ impl Credentials {
             .name("regent-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Io(format!("cannot start the writer thread: {e}")))?;
-        Ok(Credentials {
+        Ok(CredentialTable {
             backend,
             table,
             writer: tx,
@@ -168,7 +222,7 @@ impl Credentials {
             .read()
             .expect("table lock")
             .keys()
-            .filter(|k| !secrets::is_secret_key(k))
+            .filter(|k| !named_secrets::is_secret_key(k))
             .count()
     }
 
@@ -179,7 +233,7 @@ impl Credentials {
             .read()
             .expect("table lock")
             .keys()
-            .filter_map(|k| k.strip_prefix(secrets::PREFIX).map(str::to_owned))
+            .filter_map(|k| k.strip_prefix(named_secrets::PREFIX).map(str::to_owned))
             .collect();
         names.sort();
         names
@@ -190,7 +244,7 @@ impl Credentials {
     }
 
     /// The credential stored under a canonical key.
-    pub async fn get(&self, key: &str) -> Result<Option<Credential>, StoreError> {
+    pub async fn get(&self, key: &str) -> Result<Option<StoredCredential>, StoreError> {
         let generation = {
             let table = self.table.read().expect("table lock");
             match table.get(key) {
@@ -200,7 +254,7 @@ impl Credentials {
                     secret: Some(secret),
                     ..
                 }) => {
-                    return Ok(Some(Credential {
+                    return Ok(Some(StoredCredential {
                         username: meta.username.clone(),
                         secret: secret.clone(),
                     }));
@@ -248,12 +302,12 @@ impl Credentials {
                     entry.meta.server_url = login.server_url;
                     entry.meta.username = login.username;
                     entry.secret = Some(login.secret);
-                    return Ok(Some(Credential {
+                    return Ok(Some(StoredCredential {
                         username: entry.meta.username.clone(),
                         secret: entry.secret.clone().expect("just set"),
                     }));
                 }
-                Ok(current(entry).or(Some(Credential {
+                Ok(current(entry).or(Some(StoredCredential {
                     username: login.username,
                     secret: login.secret,
                 })))
@@ -262,7 +316,7 @@ impl Credentials {
                 if fresh {
                     entry.secret = Some(secret.clone());
                 }
-                Ok(current(entry).or(Some(Credential {
+                Ok(current(entry).or(Some(StoredCredential {
                     username: entry.meta.username.clone(),
                     secret,
                 })))
@@ -274,22 +328,41 @@ impl Credentials {
         }
     }
 
-    /// Stores a credential; returns once it is durable.
-    pub async fn store(
+    /// Stores a login; returns once it is durable.
+    pub async fn store(&self, login: NewLogin) -> Result<(), WriteError> {
+        let NewLogin {
+            key,
+            server_url,
+            username,
+            secret,
+        } = login;
+        self.write(key.into_string(), server_url, username, secret)
+            .await
+    }
+
+    /// Stores the named secret `name` (already checked with
+    /// [`named_secrets::check_name`]) under `secret:NAME`; returns once it is
+    /// durable.
+    pub async fn set_secret(&self, name: &str, secret: Secret) -> Result<(), WriteError> {
+        let key = named_secrets::store_key(name);
+        self.write(key.clone(), key, "secret".into(), secret).await
+    }
+
+    async fn write(
         &self,
         key: String,
         server_url: String,
         username: String,
         secret: Secret,
-    ) -> Result<(), String> {
+    ) -> Result<(), WriteError> {
         let sent_back = credentials_frame_len(&server_url, &username, &secret);
         let limit = MAX_FRAME - SERVER_URL_ROOM;
         if sent_back > limit {
-            return Err(format!(
-                "the login is {sent_back} bytes as `get` would send it back (the secret is {} \
-                 bytes), more than the {limit} bytes that fit in one answer; nothing was stored",
-                secret.len()
-            ));
+            return Err(WriteError::TooLarge {
+                sent_back,
+                secret_len: secret.len(),
+                limit,
+            });
         }
         self.submit(Write::Store {
             key,
@@ -300,31 +373,28 @@ impl Credentials {
         .await
     }
 
-    /// Erases a credential; returns once the erase is durable. Erasing a key
+    /// Erases what a store key (a registry key, or a named secret's
+    /// `secret:NAME`) holds; returns once the erase is durable. Erasing a key
     /// that is not there succeeds.
-    pub async fn erase(&self, key: String) -> Result<(), String> {
+    pub async fn erase(&self, key: impl Into<String>) -> Result<(), WriteError> {
+        let key = key.into();
         if !self.table.read().expect("table lock").contains_key(&key) {
             return Ok(());
         }
         self.submit(Write::Erase { key }).await
     }
 
-    async fn submit(&self, write: Write) -> Result<(), String> {
+    async fn submit(&self, write: Write) -> Result<(), WriteError> {
         let (done, rx) = oneshot::channel();
         self.writer
             .send(Job { write, done })
-            .map_err(|_| "the agent is shutting down; try again".to_owned())?;
+            .map_err(|_| WriteError::ShuttingDown)?;
         match tokio::time::timeout(WRITE_ACK_TIMEOUT, rx).await {
-            Ok(result) => {
-                result.map_err(|_| "the agent's writer stopped; see the agent log".to_owned())?
-            }
-            Err(_) => Err(format!(
-                "{} did not confirm the write within {} s (locked behind an unlock prompt, or \
-                 not answering); it may still complete: check with `regent ls`, or use \
-                 REGENT_STORE=file",
-                self.backend.location(),
-                WRITE_ACK_TIMEOUT.as_secs()
-            )),
+            Ok(result) => result.map_err(|_| WriteError::WriterStopped)?,
+            Err(_) => Err(WriteError::NotConfirmed {
+                location: self.backend.location(),
+                secs: WRITE_ACK_TIMEOUT.as_secs(),
+            }),
         }
     }
 
@@ -334,7 +404,7 @@ impl Credentials {
             .read()
             .expect("table lock")
             .iter()
-            .filter(|(k, _)| !secrets::is_secret_key(k))
+            .filter(|(k, _)| !named_secrets::is_secret_key(k))
             .map(|(_, e)| (e.meta.server_url.clone(), e.meta.username.clone()))
             .collect()
     }
@@ -343,7 +413,7 @@ impl Credentials {
         let table = self.table.read().expect("table lock");
         let mut rows: Vec<EntryInfo> = table
             .iter()
-            .filter(|(key, _)| !secrets::is_secret_key(key))
+            .filter(|(key, _)| !named_secrets::is_secret_key(key))
             .map(|(key, e)| EntryInfo {
                 server_url: e.meta.server_url.clone(),
                 key: key.clone(),
@@ -358,6 +428,19 @@ impl Credentials {
             .collect();
         rows.sort_by(|a, b| a.key.cmp(&b.key));
         rows
+    }
+}
+
+/// Named secrets as sources read them (`ctx.secrets`).
+impl SecretLookup for CredentialTable {
+    fn secret(&self, name: &str) -> BoxFuture<'_, Result<Option<Secret>, String>> {
+        let key = named_secrets::store_key(name);
+        Box::pin(async move {
+            self.get(&key)
+                .await
+                .map(|c| c.map(|c| c.secret))
+                .map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -407,9 +490,9 @@ impl Writer {
     /// File and memory: the backend first, all or nothing; the index then
     /// follows as a cache of the records, so failing to save it does not
     /// fail the write (the next start corrects it from the records).
-    fn commit_atomic(&mut self, batch: &[Job], now: i64) -> Result<(), String> {
+    fn commit_atomic(&mut self, batch: &[Job], now: i64) -> Result<(), WriteError> {
         let ops = self.ops(batch, now);
-        self.backend.apply(&ops).map_err(|e| e.to_string())?;
+        self.backend.apply(&ops)?;
         drop(ops);
         let undo = self.update_index(batch, now, false);
         drop(undo);
@@ -427,16 +510,16 @@ impl Writer {
     /// before the backend is touched, so that a crash in between is found
     /// and resolved at the next start. Once the backend confirms, the marks
     /// are cleared in memory; the next save writes that down.
-    fn commit_logged(&mut self, batch: &[Job], now: i64) -> Result<(), String> {
+    fn commit_logged(&mut self, batch: &[Job], now: i64) -> Result<(), WriteError> {
         let undo = self.update_index(batch, now, true);
         if let Err(e) = self.index.save() {
             self.rollback(undo);
-            return Err(e.to_string());
+            return Err(e.into());
         }
         let ops = self.ops(batch, now);
         if let Err(e) = self.backend.apply(&ops) {
             self.rollback(undo);
-            return Err(e.to_string());
+            return Err(e.into());
         }
         for job in batch {
             let key = job.write.key();
@@ -573,8 +656,8 @@ impl Writer {
 }
 
 /// The credential an entry serves now, if its secret is loaded.
-fn current(entry: &Entry) -> Option<Credential> {
-    entry.secret.as_ref().map(|secret| Credential {
+fn current(entry: &Entry) -> Option<StoredCredential> {
+    entry.secret.as_ref().map(|secret| StoredCredential {
         username: entry.meta.username.clone(),
         secret: secret.clone(),
     })
@@ -829,6 +912,15 @@ mod tests {
         backend.apply(&[Op::Set(key.into(), value)]).unwrap();
     }
 
+    fn login(key: &str, server_url: &str, username: &str, secret: &str) -> NewLogin {
+        NewLogin {
+            key: regent_shared::registry::canonical(key).unwrap(),
+            server_url: server_url.into(),
+            username: username.into(),
+            secret: Secret::from(secret),
+        }
+    }
+
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -845,18 +937,18 @@ mod tests {
             &dir,
             &[("old.example", meta("old.example", "olduser", None))],
         );
-        let creds = Credentials::open(backend.clone(), index).unwrap();
+        let creds = CredentialTable::open(backend.clone(), index).unwrap();
         let rt = runtime();
         let got = rt.block_on(creds.get("old.example")).unwrap().unwrap();
         assert_eq!(got.username, "olduser");
         assert_eq!(got.secret.expose(), "legacy-secret");
 
-        rt.block_on(creds.store(
-            "old.example".into(),
-            "https://old.example".into(),
-            "newuser".into(),
-            Secret::from("new-secret"),
-        ))
+        rt.block_on(creds.store(login(
+            "old.example",
+            "https://old.example",
+            "newuser",
+            "new-secret",
+        )))
         .unwrap();
         let value = backend.get("old.example").unwrap().unwrap();
         match record::decode(value).unwrap() {
@@ -932,7 +1024,7 @@ mod tests {
                 ),
             ],
         );
-        let creds = Credentials::open(backend, index).unwrap();
+        let creds = CredentialTable::open(backend, index).unwrap();
         let list = creds.list();
         assert_eq!(list.get("done.example").map(String::as_str), Some("new"));
         assert_eq!(list.get("undone.example").map(String::as_str), Some("old"));
@@ -965,16 +1057,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.json");
         let backend = Arc::new(OneAtATime(MemoryBackend::new()));
-        let creds = Credentials::open(backend, Index::load(Some(path.clone())).unwrap()).unwrap();
+        let creds =
+            CredentialTable::open(backend, Index::load(Some(path.clone())).unwrap()).unwrap();
         let rt = runtime();
-        rt.block_on(creds.store("a".into(), "a".into(), "u".into(), Secret::from("s")))
-            .unwrap();
+        rt.block_on(creds.store(login("a", "a", "u", "s"))).unwrap();
         // The save before the write carries the mark; it is cleared in
         // memory and written down with the next save.
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"pending\""), "{text}");
-        rt.block_on(creds.store("b".into(), "b".into(), "u".into(), Secret::from("s")))
-            .unwrap();
+        rt.block_on(creds.store(login("b", "b", "u", "s"))).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert!(json["entries"]["a"].get("pending").is_none(), "{text}");

@@ -43,9 +43,8 @@ use regent_shared::paths::{self, DirState};
 use tokio::sync::watch;
 
 use crate::config::Settings;
-use crate::credentials::{Credentials, now_unix};
+use crate::credentials::{CredentialTable, now_unix};
 use crate::refresh::{Engine, Policy, SystemClock};
-use crate::secrets::StoreSecrets;
 use crate::server::{self, AgentState};
 use crate::sources;
 use crate::store::index::Index;
@@ -160,7 +159,7 @@ fn start(spawned: bool) -> anyhow::Result<ExitCode> {
     let opened = select::open(choice, &ctx)?;
     tracing::info!(store = %opened.backend.kind(), reason = %opened.reason, "store opened");
     let index = Index::load(opened.index_path.clone())?;
-    let credentials = Arc::new(Credentials::open(opened.backend, index)?);
+    let credentials = Arc::new(CredentialTable::open(opened.backend, index)?);
     tracing::info!(config = %settings.path.display(), rules = settings.rules.len(), "token sources configured");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -190,7 +189,7 @@ fn start(spawned: bool) -> anyhow::Result<ExitCode> {
             Arc::new(SystemClock),
             Policy::default(),
             sources::Context {
-                secrets: Arc::new(StoreSecrets(credentials.clone())),
+                secrets: credentials.clone(),
             },
         );
         let state = Arc::new(AgentState {

@@ -152,7 +152,7 @@ pub fn run(args: Args, opts: &client::Options) -> anyhow::Result<ExitCode> {
                         Err(_) => {
                             outcome.reason = Some("not a registry name regent can key".into())
                         }
-                        Ok(key) => groups.entry(key).or_default().push(Candidate {
+                        Ok(key) => groups.entry(key.into()).or_default().push(Candidate {
                             outcome: outcomes.len(),
                             file: i,
                             registry: registry.clone(),

@@ -33,6 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use regent_shared::Secret;
 use regent_shared::protocol::EntryInfo;
+use regent_shared::registry::RegistryKey;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -196,7 +197,7 @@ impl Engine {
         req: SourceRequest,
     ) -> Result<Token, String> {
         let slot_key = format!("{}:{}", source.name(), source.cache_key(&req));
-        let key = req.key.clone();
+        let key = req.key.as_str().to_owned();
         let slot = {
             let mut slots = self.slots.lock().expect("slots lock");
             slots
@@ -468,7 +469,7 @@ impl Engine {
     /// After a config reload: keeps the slots whose key still resolves to a
     /// source with the same cache key (taking the new source object), drops
     /// the rest with their timers.
-    pub fn reconcile(&self, resolve: impl Fn(&str) -> Option<Arc<dyn Source>>) {
+    pub fn reconcile(&self, resolve: impl Fn(&RegistryKey) -> Option<Arc<dyn Source>>) {
         let mut slots = self.slots.lock().expect("slots lock");
         let before = slots.len();
         slots.retain(|slot_key, slot| {
@@ -703,7 +704,7 @@ mod tests {
 
     fn req() -> SourceRequest {
         SourceRequest {
-            key: "r.example".into(),
+            key: regent_shared::registry::canonical("r.example").unwrap(),
             server_url: "https://r.example".into(),
             env: Default::default(),
         }

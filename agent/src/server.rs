@@ -25,9 +25,9 @@ use tokio::sync::{Semaphore, watch};
 use zeroize::Zeroizing;
 
 use crate::config::{Config, Rules};
-use crate::credentials::Credentials;
+use crate::credentials::{CredentialTable, NewLogin};
+use crate::named_secrets;
 use crate::refresh::Engine;
-use crate::secrets;
 use crate::sources::{self, Source, SourceRequest};
 
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,7 +37,7 @@ pub const MAX_CONNECTIONS: usize = 1024;
 
 /// What the agent knows about itself, for `Hello` and `Status`.
 pub struct AgentState {
-    pub credentials: Arc<Credentials>,
+    pub credentials: Arc<CredentialTable>,
     /// Tokens from sources, cached and refreshed.
     pub engine: Arc<Engine>,
     /// The `[[registry]]` entries in force; replaced whole by a reload.
@@ -275,13 +275,15 @@ async fn dispatch(req: Request, session: &mut Session, state: &AgentState) -> Re
                     Err(e) => Response::error(ErrorKind::BadRequest, e.to_string()),
                     Ok(key) => {
                         let server_url = server_url.trim().to_owned();
-                        match state
-                            .credentials
-                            .store(key.clone(), server_url, username, secret)
-                            .await
-                        {
+                        let login = NewLogin {
+                            key: key.clone(),
+                            server_url,
+                            username,
+                            secret,
+                        };
+                        match state.credentials.store(login).await {
                             Ok(()) => {
-                                tracing::info!(key, "stored");
+                                tracing::info!(key = key.as_str(), "stored");
                                 Response::Done
                             }
                             Err(e) => Response::error(
@@ -298,7 +300,7 @@ async fn dispatch(req: Request, session: &mut Session, state: &AgentState) -> Re
             Err(_) => Response::Done,
             Ok(key) => match state.credentials.erase(key.clone()).await {
                 Ok(()) => {
-                    tracing::info!(key, "erased");
+                    tracing::info!(key = key.as_str(), "erased");
                     Response::Done
                 }
                 Err(e) => Response::error(
@@ -323,9 +325,13 @@ async fn dispatch(req: Request, session: &mut Session, state: &AgentState) -> Re
             Err(message) => Response::error(ErrorKind::BadRequest, message),
         },
         Request::SecretSet { name, secret } => secret_set(state, name, secret).await,
-        Request::SecretRm { name } => match secrets::check_name(&name) {
-            Err(e) => Response::error(ErrorKind::BadRequest, e),
-            Ok(()) => match state.credentials.erase(secrets::store_key(&name)).await {
+        Request::SecretRm { name } => match named_secrets::check_name(&name) {
+            Err(e) => Response::error(ErrorKind::BadRequest, e.to_string()),
+            Ok(()) => match state
+                .credentials
+                .erase(named_secrets::store_key(&name))
+                .await
+            {
                 Ok(()) => {
                     tracing::info!(name, "named secret removed");
                     Response::Done
@@ -380,7 +386,7 @@ async fn get(state: &AgentState, server_url: &str, env: CallerEnv) -> Response {
 async fn from_source(
     state: &AgentState,
     source: Arc<dyn Source>,
-    key: String,
+    key: registry::RegistryKey,
     server_url: String,
     env: CallerEnv,
 ) -> Response {
@@ -402,8 +408,8 @@ async fn from_source(
 }
 
 async fn secret_set(state: &AgentState, name: String, secret: regent_shared::Secret) -> Response {
-    if let Err(e) = secrets::check_name(&name) {
-        return Response::error(ErrorKind::BadRequest, e);
+    if let Err(e) = named_secrets::check_name(&name) {
+        return Response::error(ErrorKind::BadRequest, e.to_string());
     }
     if secret.is_empty() {
         return Response::error(
@@ -411,22 +417,17 @@ async fn secret_set(state: &AgentState, name: String, secret: regent_shared::Sec
             format!("the secret {name:?} is empty; nothing was stored"),
         );
     }
-    if secret.len() > secrets::MAX_VALUE {
+    if secret.len() > named_secrets::MAX_VALUE {
         return Response::error(
             ErrorKind::BadRequest,
             format!(
                 "the secret {name:?} is {} bytes, more than the {}-byte limit",
                 secret.len(),
-                secrets::MAX_VALUE
+                named_secrets::MAX_VALUE
             ),
         );
     }
-    let key = secrets::store_key(&name);
-    match state
-        .credentials
-        .store(key.clone(), key, "secret".into(), secret)
-        .await
-    {
+    match state.credentials.set_secret(&name, secret).await {
         Ok(()) => {
             tracing::info!(name, "named secret stored");
             Response::Done

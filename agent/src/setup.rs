@@ -231,10 +231,10 @@ fn docker_helper_key(host: &str) -> anyhow::Result<String> {
     if key == regent_shared::registry::DOCKER_HUB {
         return Ok(DOCKER_HUB_CONFIG_KEY.to_owned());
     }
-    if key.contains('/') {
+    if key.path().is_some() {
         bail!("--helper-for {host:?}: give a registry host such as ghcr.io, not a path under one");
     }
-    Ok(key)
+    Ok(key.into())
 }
 
 /// Docker Hub's key in docker's `config.json`.

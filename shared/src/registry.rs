@@ -20,8 +20,15 @@
 //!
 //! The form a client stored is kept beside the canonical key, and `list`
 //! returns that form.
+//!
+//! [`canonical`] returns a [`RegistryKey`]: the canonical text, which is what
+//! is stored and compared, with its host, port and path found while parsing,
+//! so nothing downstream parses the key again.
 
+use std::borrow::Borrow;
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
 
 pub const DOCKER_HUB: &str = "docker.io";
 
@@ -36,30 +43,187 @@ const DOCKER_HUB_ALIASES: &[&str] = &[
 /// docker CLI keeps after a device-flow login.
 const DOCKER_HUB_SPECIAL: &[&str] = &["access-token", "refresh-token"];
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a server URL has no registry key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
+    #[error("{}", crate::messages::NO_SERVER_URL)]
     Empty,
+    #[error("unsupported scheme {0:?} in server URL: use host[:port] or https://host[:port]")]
     Scheme(String),
+    #[error("invalid server URL: {0}")]
     Invalid(&'static str),
 }
 
-impl fmt::Display for KeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeyError::Empty => f.write_str(crate::messages::NO_SERVER_URL),
-            KeyError::Scheme(s) => write!(
-                f,
-                "unsupported scheme {s:?} in server URL: use host[:port] or https://host[:port]"
-            ),
-            KeyError::Invalid(why) => write!(f, "invalid server URL: {why}"),
+/// A canonical registry key: `host[:port][/path]`, parsed once by
+/// [`canonical`].
+///
+/// The canonical text is what is stored, compared, hashed and shown (so a
+/// `RegistryKey` is looked up in a map keyed by `String` through
+/// [`Borrow<str>`]); [`host`](RegistryKey::host), [`port`](RegistryKey::port)
+/// and [`path`](RegistryKey::path) are slices of it, found when it was
+/// parsed.
+#[derive(Clone)]
+pub struct RegistryKey {
+    text: String,
+    /// `text[..host_end]` is the host.
+    host_end: usize,
+    /// `text[host_end + 1..port_end]` is the port when `port_end > host_end`;
+    /// a path, if any, starts after the `/` at `port_end`.
+    port_end: usize,
+}
+
+impl RegistryKey {
+    fn new(host: String, port: Option<&str>, path: Option<&str>) -> RegistryKey {
+        let host_end = host.len();
+        let mut text = host;
+        if let Some(port) = port {
+            text.push(':');
+            text.push_str(port);
         }
+        let port_end = text.len();
+        if let Some(path) = path {
+            text.push('/');
+            text.push_str(path);
+        }
+        RegistryKey {
+            text,
+            host_end,
+            port_end,
+        }
+    }
+
+    /// The canonical text, as stored.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The canonical text, as stored.
+    pub fn into_string(self) -> String {
+        self.text
+    }
+
+    /// The host, lower case (an IPv6 address keeps its brackets): what
+    /// sources and `*.domain` patterns match.
+    pub fn host(&self) -> &str {
+        &self.text[..self.host_end]
+    }
+
+    /// The port, when it is not 443 (which is dropped).
+    pub fn port(&self) -> Option<&str> {
+        (self.port_end > self.host_end).then(|| &self.text[self.host_end + 1..self.port_end])
+    }
+
+    /// The path: only Docker Hub's device-login keys have one
+    /// (`docker.io/access-token`).
+    pub fn path(&self) -> Option<&str> {
+        (self.port_end < self.text.len()).then(|| &self.text[self.port_end + 1..])
     }
 }
 
-impl std::error::Error for KeyError {}
+impl Deref for RegistryKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl AsRef<str> for RegistryKey {
+    fn as_ref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl Borrow<str> for RegistryKey {
+    fn borrow(&self) -> &str {
+        &self.text
+    }
+}
+
+impl From<RegistryKey> for String {
+    fn from(key: RegistryKey) -> String {
+        key.text
+    }
+}
+
+impl fmt::Display for RegistryKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for RegistryKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.text, f)
+    }
+}
+
+impl PartialEq for RegistryKey {
+    fn eq(&self, other: &RegistryKey) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for RegistryKey {}
+
+impl PartialOrd for RegistryKey {
+    fn partial_cmp(&self, other: &RegistryKey) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for RegistryKey {
+    fn cmp(&self, other: &RegistryKey) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+/// As the text's hash, so that [`Borrow<str>`] lookups find it.
+impl Hash for RegistryKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
+}
+
+impl PartialEq<str> for RegistryKey {
+    fn eq(&self, other: &str) -> bool {
+        self.text == other
+    }
+}
+
+impl PartialEq<&str> for RegistryKey {
+    fn eq(&self, other: &&str) -> bool {
+        self.text == *other
+    }
+}
+
+impl PartialEq<String> for RegistryKey {
+    fn eq(&self, other: &String) -> bool {
+        &self.text == other
+    }
+}
+
+impl PartialEq<RegistryKey> for String {
+    fn eq(&self, other: &RegistryKey) -> bool {
+        *self == other.text
+    }
+}
+
+impl PartialEq<RegistryKey> for &str {
+    fn eq(&self, other: &RegistryKey) -> bool {
+        *self == other.text
+    }
+}
+
+/// As the canonical text.
+impl serde::Serialize for RegistryKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
 
 /// The canonical key of the registry a client named.
-pub fn canonical(raw: &str) -> Result<String, KeyError> {
+pub fn canonical(raw: &str) -> Result<RegistryKey, KeyError> {
     let s = raw.trim();
     if s.is_empty() {
         return Err(KeyError::Empty);
@@ -91,24 +255,9 @@ pub fn canonical(raw: &str) -> Result<String, KeyError> {
     };
 
     if port.is_none() && DOCKER_HUB_ALIASES.contains(&host.as_str()) {
-        return Ok(docker_hub_key(path));
+        return Ok(docker_hub_key(host, path));
     }
-    Ok(match port {
-        Some(p) => format!("{host}:{p}"),
-        None => host,
-    })
-}
-
-/// The host part of a canonical key (no port, no path), for matching sources.
-pub fn hostname(key: &str) -> &str {
-    let authority = key.split('/').next().unwrap_or(key);
-    if authority.starts_with('[') {
-        return match authority.find(']') {
-            Some(i) => &authority[..=i],
-            None => authority,
-        };
-    }
-    authority.split(':').next().unwrap_or(authority)
+    Ok(RegistryKey::new(host, port, None))
 }
 
 fn strip_scheme(s: &str) -> Result<&str, KeyError> {
@@ -174,16 +323,20 @@ fn validate_host(host: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
-fn docker_hub_key(path: &str) -> String {
+/// Docker Hub's key; `host` is the alias the client sent, whose buffer the
+/// key reuses.
+fn docker_hub_key(mut host: String, path: &str) -> RegistryKey {
+    host.clear();
+    host.push_str(DOCKER_HUB);
     let mut segments = path.split('/').filter(|s| !s.is_empty()).peekable();
     if matches!(segments.peek(), Some(&("v1" | "v2"))) {
         segments.next();
     }
     match segments.next() {
         Some(special) if DOCKER_HUB_SPECIAL.contains(&special) && segments.next().is_none() => {
-            format!("{DOCKER_HUB}/{special}")
+            RegistryKey::new(host, None, Some(special))
         }
-        _ => DOCKER_HUB.to_owned(),
+        _ => RegistryKey::new(host, None, None),
     }
 }
 
@@ -329,10 +482,63 @@ mod tests {
     }
 
     #[test]
-    fn hostname_of_keys() {
-        assert_eq!(hostname("ghcr.io"), "ghcr.io");
-        assert_eq!(hostname("localhost:5000"), "localhost");
-        assert_eq!(hostname("docker.io/access-token"), "docker.io");
-        assert_eq!(hostname("[::1]:5000"), "[::1]");
+    fn parts_of_keys() {
+        let parts = |raw: &str| {
+            let key = canonical(raw).unwrap();
+            (
+                key.host().to_owned(),
+                key.port().map(str::to_owned),
+                key.path().map(str::to_owned),
+            )
+        };
+        let owned = |host: &str, port: Option<&str>, path: Option<&str>| {
+            (
+                host.to_owned(),
+                port.map(str::to_owned),
+                path.map(str::to_owned),
+            )
+        };
+        assert_eq!(parts("ghcr.io"), owned("ghcr.io", None, None));
+        assert_eq!(
+            parts("https://ghcr.io:443/v2/"),
+            owned("ghcr.io", None, None)
+        );
+        assert_eq!(
+            parts("localhost:5000"),
+            owned("localhost", Some("5000"), None)
+        );
+        assert_eq!(
+            parts("https://index.docker.io/v1/access-token"),
+            owned("docker.io", None, Some("access-token"))
+        );
+        assert_eq!(parts("[::1]:5000"), owned("[::1]", Some("5000"), None));
+        assert_eq!(parts("[::1]"), owned("[::1]", None, None));
+    }
+
+    #[test]
+    fn parts_survive_a_second_parse() {
+        for (raw, _) in TABLE {
+            if let Ok(key) = canonical(raw) {
+                let again = canonical(&key).unwrap();
+                assert_eq!(
+                    (key.host(), key.port(), key.path()),
+                    (again.host(), again.port(), again.path()),
+                    "{raw:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_key_is_its_text() {
+        use std::collections::HashMap;
+        let key = canonical("https://GHCR.io/").unwrap();
+        assert_eq!(key.to_string(), "ghcr.io");
+        assert_eq!(format!("{key:?}"), "\"ghcr.io\"");
+        let map: HashMap<String, u8> = [("ghcr.io".to_owned(), 1)].into();
+        assert_eq!(map.get(key.as_str()), Some(&1));
+        let keys: HashMap<RegistryKey, u8> = [(key.clone(), 2)].into();
+        assert_eq!(keys.get("ghcr.io"), Some(&2));
+        assert_eq!(String::from(key), "ghcr.io");
     }
 }

@@ -70,7 +70,7 @@ use aws_types::os_shim_internal::Env;
 use aws_types::region::Region;
 use base64::Engine as _;
 use regent_shared::Secret;
-use regent_shared::registry;
+use regent_shared::registry::RegistryKey;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -113,18 +113,13 @@ pub enum Host {
     Public,
 }
 
-/// Parses a registry key (or bare hostname) as an ECR host.
-pub fn parse_host(key: &str) -> Option<Host> {
-    let host = registry::hostname(key);
-    let host = host
-        .rsplit_once(':')
-        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(host, |(h, _)| h)
-        .to_ascii_lowercase();
-    if PUBLIC_HOSTS.contains(&host.as_str()) {
+/// What the host of a registry key says of ECR.
+pub fn parse_host(key: &RegistryKey) -> Option<Host> {
+    let host = key.host();
+    if PUBLIC_HOSTS.contains(&host) {
         return Some(Host::Public);
     }
-    let caps = PRIVATE_HOST.captures(&host)?;
+    let caps = PRIVATE_HOST.captures(host)?;
     let suffix = &caps[5];
     Some(Host::Private {
         account: caps[1].to_owned(),
@@ -136,7 +131,7 @@ pub fn parse_host(key: &str) -> Option<Host> {
 }
 
 /// The zero-config source for ECR hostnames.
-pub fn detect(key: &str) -> Option<Ecr> {
+pub fn detect(key: &RegistryKey) -> Option<Ecr> {
     parse_host(key).map(|_| Ecr::default())
 }
 
@@ -762,6 +757,21 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
 
+    /// [`super::parse_host`] of the key a client's spelling has (`None`
+    /// when it has none).
+    fn parse_host(raw: &str) -> Option<Host> {
+        regent_shared::registry::canonical(raw)
+            .ok()
+            .and_then(|key| super::parse_host(&key))
+    }
+
+    /// [`super::detect`] of the key a client's spelling has.
+    fn detect(raw: &str) -> Option<Ecr> {
+        regent_shared::registry::canonical(raw)
+            .ok()
+            .and_then(|key| super::detect(&key))
+    }
+
     fn private(account: &str, region: &str, fips: bool, dual_stack: bool) -> Option<Host> {
         Some(Host::Private {
             account: account.into(),
@@ -839,7 +849,7 @@ mod tests {
 
     fn req(key: &str, env: &[(&str, &str)]) -> SourceRequest {
         SourceRequest {
-            key: key.into(),
+            key: regent_shared::registry::canonical(key).unwrap(),
             server_url: key.into(),
             env: {
                 let mut e = CallerEnv::default();

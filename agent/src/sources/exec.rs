@@ -65,7 +65,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
 use super::{BoxFuture, Context, Source, SourceError, SourceRequest, Token};
-use crate::secrets;
+use crate::named_secrets;
 
 /// The protocol version of stdin and stdout.
 pub const VERSION: u64 = 1;
@@ -148,9 +148,8 @@ impl Exec {
                 EnvValue::Plain(v) if v.contains('\0') => {
                     return Err(format!("`env.{name}` contains a NUL byte"));
                 }
-                EnvValue::Secret(r) => {
-                    secrets::check_name(&r.secret).map_err(|e| format!("`env.{name}`: {e}"))?
-                }
+                EnvValue::Secret(r) => named_secrets::check_name(&r.secret)
+                    .map_err(|e| format!("`env.{name}`: {e}"))?,
                 EnvValue::Plain(_) => {}
             }
         }

@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime};
 
 use regent_shared::Secret;
 pub use regent_shared::protocol::CallerEnv;
+use regent_shared::registry::RegistryKey;
 
 /// A boxed future, so that [`Source`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -39,7 +40,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceRequest {
     /// The canonical registry key (`registry::canonical`).
-    pub key: String,
+    pub key: RegistryKey,
     /// The server URL exactly as the client sent it.
     pub server_url: String,
     /// The caller's variables this source is given: those of
@@ -196,7 +197,7 @@ pub const KNOWN: &[&str] = &["exec", "ecr"];
 
 /// The source a registry gets with zero configuration, from its hostname
 /// (ECR and ECR Public hosts so far), if any.
-pub fn detect(key: &str) -> Option<Arc<dyn Source>> {
+pub fn detect(key: &RegistryKey) -> Option<Arc<dyn Source>> {
     #[cfg(feature = "ecr")]
     return ecr::detect(key).map(|s| Arc::new(s) as Arc<dyn Source>);
     #[cfg(not(feature = "ecr"))]

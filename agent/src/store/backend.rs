@@ -56,7 +56,7 @@ impl Op {
 }
 
 /// Why a backend failed. The message says what to do and never holds a secret.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend is there but refuses access (locked keyring, wrong key).
     #[error("{0}")]

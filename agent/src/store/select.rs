@@ -38,19 +38,22 @@ pub enum Choice {
     Kind(StoreKind),
 }
 
-impl FromStr for Choice {
-    type Err = String;
+/// A `store` value that names no backend; holds it trimmed and lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown store \"{0}\"; use one of auto, keyring, file, keyutils, memory")]
+pub struct UnknownStore(pub String);
 
-    fn from_str(s: &str) -> Result<Choice, String> {
+impl FromStr for Choice {
+    type Err = UnknownStore;
+
+    fn from_str(s: &str) -> Result<Choice, UnknownStore> {
         match s.trim().to_ascii_lowercase().as_str() {
             "" | "auto" => Ok(Choice::Auto),
             "keyring" => Ok(Choice::Kind(StoreKind::Keyring)),
             "file" => Ok(Choice::Kind(StoreKind::File)),
             "keyutils" => Ok(Choice::Kind(StoreKind::Keyutils)),
             "memory" => Ok(Choice::Kind(StoreKind::Memory)),
-            other => Err(format!(
-                "unknown store \"{other}\"; use one of auto, keyring, file, keyutils, memory"
-            )),
+            other => Err(UnknownStore(other.to_owned())),
         }
     }
 }
@@ -234,7 +237,7 @@ mod tests {
             "memory".parse::<Choice>(),
             Ok(Choice::Kind(StoreKind::Memory))
         );
-        let err = "pass".parse::<Choice>().unwrap_err();
+        let err = "pass".parse::<Choice>().unwrap_err().to_string();
         assert!(err.contains("unknown store \"pass\""), "{err}");
     }
 

@@ -8,11 +8,11 @@
 //! refuses it (`secret` would be a host and `NAME` a port that is not a
 //! number). So the helper's `get`, `store`, `erase` and `list` never see
 //! them, and `regent ls` leaves them out.
-
-use regent_shared::Secret;
-
-use crate::credentials::Credentials;
-use crate::sources::{BoxFuture, SecretLookup};
+//!
+//! This module is the policy alone (names, the key prefix, the limits) and
+//! depends on nothing else in the agent. Sources read named secrets through
+//! [`crate::sources::SecretLookup`], which the credential table implements
+//! ([`crate::credentials`]).
 
 /// The store-key prefix of named secrets.
 pub const PREFIX: &str = "secret:";
@@ -23,9 +23,18 @@ const MAX_NAME: usize = 128;
 /// The largest value accepted (the wire frame is 1 MiB).
 pub const MAX_VALUE: usize = 64 << 10;
 
+/// A name [`check_name`] refuses; holds the name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a valid secret name: use 1 to {max} letters, digits, \
+     '.', '_' or '-', starting with a letter",
+    max = MAX_NAME
+)]
+pub struct InvalidName(pub String);
+
 /// A name is 1-128 of `A-Z a-z 0-9 . _ -`, starting with a letter: `secret:443`
 /// would be a registry key (host `secret`, port 443).
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), InvalidName> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME
         && name.as_bytes()[0].is_ascii_alphabetic()
@@ -35,10 +44,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is not a valid secret name: use 1 to {MAX_NAME} letters, digits, \
-             '.', '_' or '-', starting with a letter"
-        ))
+        Err(InvalidName(name.to_owned()))
     }
 }
 
@@ -50,22 +56,6 @@ pub fn store_key(name: &str) -> String {
 /// True for store keys that hold a named secret rather than a registry login.
 pub fn is_secret_key(key: &str) -> bool {
     key.starts_with(PREFIX)
-}
-
-/// Reads named secrets from the credential store.
-pub struct StoreSecrets(pub std::sync::Arc<Credentials>);
-
-impl SecretLookup for StoreSecrets {
-    fn secret(&self, name: &str) -> BoxFuture<'_, Result<Option<Secret>, String>> {
-        let key = store_key(name);
-        Box::pin(async move {
-            self.0
-                .get(&key)
-                .await
-                .map(|c| c.map(|c| c.secret))
-                .map_err(|e| e.to_string())
-        })
-    }
 }
 
 #[cfg(test)]
@@ -99,5 +89,14 @@ mod tests {
         ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_refusal_reads_as_before() {
+        assert_eq!(
+            check_name("a b").unwrap_err().to_string(),
+            "\"a b\" is not a valid secret name: use 1 to 128 letters, digits, '.', '_' or '-', \
+             starting with a letter"
+        );
     }
 }
