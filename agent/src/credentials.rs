@@ -1071,4 +1071,325 @@ mod tests {
         assert!(json["entries"]["a"].get("pending").is_none(), "{text}");
         assert!(json["entries"]["b"].get("pending").is_some(), "{text}");
     }
+
+    /// The memory backend, atomic or one op at a time, that records every
+    /// `apply` and refuses them while `fail` is set.
+    struct Recording {
+        inner: MemoryBackend,
+        atomic: bool,
+        fail: std::sync::atomic::AtomicBool,
+        applied: std::sync::Mutex<Vec<Vec<String>>>,
+    }
+
+    impl Recording {
+        fn new(atomic: bool) -> Arc<Recording> {
+            Arc::new(Recording {
+                inner: MemoryBackend::new(),
+                atomic,
+                fail: Default::default(),
+                applied: Default::default(),
+            })
+        }
+
+        fn fail(&self, fail: bool) {
+            self.fail.store(fail, std::sync::atomic::Ordering::SeqCst);
+        }
+
+        /// Each `apply` so far, as `set KEY` / `del KEY` lines.
+        fn applied(&self) -> Vec<Vec<String>> {
+            self.applied.lock().unwrap().clone()
+        }
+    }
+
+    impl Backend for Recording {
+        fn kind(&self) -> StoreKind {
+            if self.atomic {
+                StoreKind::Memory
+            } else {
+                StoreKind::Keyring
+            }
+        }
+        fn location(&self) -> String {
+            "test store".into()
+        }
+        fn get(&self, key: &str) -> Result<Option<Secret>, StoreError> {
+            self.inner.get(key)
+        }
+        fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Io("the test store is full".into()));
+            }
+            let names = ops
+                .iter()
+                .map(|op| match op {
+                    Op::Set(key, _) => format!("set {key}"),
+                    Op::Delete(key) => format!("del {key}"),
+                })
+                .collect();
+            self.applied.lock().unwrap().push(names);
+            self.inner.apply(ops)
+        }
+        fn is_atomic(&self) -> bool {
+            self.atomic
+        }
+    }
+
+    /// A writer over `backend` with an empty table and an index in memory,
+    /// driven by the test itself rather than by a thread of its own.
+    fn writer(backend: Arc<dyn Backend>) -> Writer {
+        Writer {
+            backend,
+            table: Arc::new(RwLock::new(HashMap::new())),
+            index: Index::memory(),
+            generation: 0,
+        }
+    }
+
+    type Answer = oneshot::Receiver<Result<(), WriteError>>;
+
+    fn store_job(key: &str, username: &str, secret: &str) -> (Job, Answer) {
+        let (done, answer) = oneshot::channel();
+        let write = Write::Store {
+            key: key.into(),
+            server_url: format!("https://{key}"),
+            username: username.into(),
+            secret: Secret::from(secret),
+        };
+        (Job { write, done }, answer)
+    }
+
+    fn erase_job(key: &str) -> (Job, Answer) {
+        let (done, answer) = oneshot::channel();
+        let write = Write::Erase { key: key.into() };
+        (Job { write, done }, answer)
+    }
+
+    /// Runs the writer until every job queued has been answered.
+    fn run_queued(writer: Writer, jobs: Vec<Job>) {
+        let (tx, rx) = std_mpsc::channel();
+        for job in jobs {
+            tx.send(job).unwrap();
+        }
+        drop(tx);
+        writer.run(rx);
+    }
+
+    fn answer(mut rx: Answer) -> Result<(), WriteError> {
+        rx.try_recv().expect("the write was answered")
+    }
+
+    /// `(username, secret)` of every key in the table.
+    fn table_of(table: &Table) -> BTreeMap<String, (String, String)> {
+        table
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(key, e)| {
+                let secret = e.secret.as_ref().map_or("", |s| s.expose()).to_owned();
+                (key.clone(), (e.meta.username.clone(), secret))
+            })
+            .collect()
+    }
+
+    fn pair(username: &str, secret: &str) -> (String, String) {
+        (username.into(), secret.into())
+    }
+
+    #[test]
+    fn waiting_writes_go_to_an_atomic_backend_as_one_batch_in_order() {
+        let backend = Recording::new(true);
+        let writer = writer(backend.clone());
+        let table = writer.table.clone();
+        let (jobs, answers): (Vec<_>, Vec<_>) = [
+            store_job("a.example", "u1", "s1"),
+            store_job("b.example", "u2", "s2"),
+            erase_job("a.example"),
+            store_job("c.example", "u3", "s3"),
+            store_job("a.example", "u4", "s4"),
+            store_job("c.example", "u5", "s5"),
+        ]
+        .into_iter()
+        .unzip();
+        run_queued(writer, jobs);
+
+        assert_eq!(
+            backend.applied(),
+            [[
+                "set a.example",
+                "set b.example",
+                "del a.example",
+                "set c.example",
+                "set a.example",
+                "set c.example"
+            ]],
+            "one apply, in arrival order"
+        );
+        for answer_rx in answers {
+            answer(answer_rx).unwrap();
+        }
+        // The last write of each key wins, in the table and in the backend.
+        assert_eq!(
+            table_of(&table),
+            BTreeMap::from([
+                ("a.example".to_owned(), pair("u4", "s4")),
+                ("b.example".to_owned(), pair("u2", "s2")),
+                ("c.example".to_owned(), pair("u5", "s5")),
+            ])
+        );
+        let stored = backend.get("c.example").unwrap().unwrap();
+        match record::decode(stored).unwrap() {
+            Decoded::Login(login) => {
+                assert_eq!(
+                    (login.username.as_str(), login.secret.expose()),
+                    ("u5", "s5")
+                );
+                assert_eq!(login.server_url, "https://c.example");
+            }
+            Decoded::Legacy(_) => panic!("not a record"),
+        }
+    }
+
+    #[test]
+    fn a_backend_that_takes_one_op_at_a_time_gets_one_write_per_call() {
+        let backend = Recording::new(false);
+        let writer = writer(backend.clone());
+        let (jobs, answers): (Vec<_>, Vec<_>) = [
+            store_job("a.example", "u1", "s1"),
+            store_job("b.example", "u2", "s2"),
+            erase_job("a.example"),
+        ]
+        .into_iter()
+        .unzip();
+        run_queued(writer, jobs);
+        assert_eq!(
+            backend.applied(),
+            [["set a.example"], ["set b.example"], ["del a.example"]]
+        );
+        for answer_rx in answers {
+            answer(answer_rx).unwrap();
+        }
+    }
+
+    /// A failed batch leaves the table and the index as they were, and
+    /// every write in it hears the backend's reason.
+    fn a_failed_batch_changes_nothing(atomic: bool) {
+        let backend = Recording::new(atomic);
+        let mut writer = writer(backend.clone());
+        let (first, first_answer) = store_job("a.example", "old", "s-old");
+        let (second, second_answer) = store_job("b.example", "b", "s-b");
+        writer.commit(vec![first, second]);
+        answer(first_answer).unwrap();
+        answer(second_answer).unwrap();
+        let table_before = table_of(&writer.table);
+        let index_before: Vec<(String, IndexEntry)> = writer
+            .index
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+
+        backend.fail(true);
+        let (jobs, answers): (Vec<_>, Vec<_>) = [
+            store_job("a.example", "new", "s-new"),
+            erase_job("b.example"),
+            store_job("c.example", "c", "s-c"),
+            // A key changed twice in the batch still ends as it began.
+            erase_job("a.example"),
+        ]
+        .into_iter()
+        .unzip();
+        writer.commit(jobs);
+        for answer_rx in answers {
+            let err = answer(answer_rx).unwrap_err();
+            assert!(
+                matches!(err, WriteError::Store(StoreError::Io(_))),
+                "{err:?}"
+            );
+            assert_eq!(err.to_string(), "the test store is full");
+        }
+        assert_eq!(table_of(&writer.table), table_before);
+        let index_after: Vec<(String, IndexEntry)> = writer
+            .index
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        assert_eq!(index_after, index_before);
+
+        // The next batch is applied as usual.
+        backend.fail(false);
+        let (job, answer_rx) = store_job("c.example", "c", "s-c");
+        writer.commit(vec![job]);
+        answer(answer_rx).unwrap();
+        assert_eq!(table_of(&writer.table).len(), 3);
+    }
+
+    #[test]
+    fn a_failed_batch_changes_nothing_in_an_atomic_backend() {
+        a_failed_batch_changes_nothing(true);
+    }
+
+    #[test]
+    fn a_failed_batch_changes_nothing_in_a_one_op_backend() {
+        a_failed_batch_changes_nothing(false);
+    }
+
+    #[test]
+    fn the_table_reads_named_secrets_for_sources() {
+        let creds = Arc::new(
+            CredentialTable::open(Arc::new(MemoryBackend::new()), Index::memory()).unwrap(),
+        );
+        let rt = runtime();
+        rt.block_on(creds.set_secret("corp-token", Secret::from("t0ken")))
+            .unwrap();
+        let lookup: Arc<dyn SecretLookup> = creds.clone();
+        let got = rt.block_on(lookup.secret("corp-token")).unwrap().unwrap();
+        assert_eq!(got.expose(), "t0ken");
+        assert!(rt.block_on(lookup.secret("other")).unwrap().is_none());
+        assert_eq!(creds.secret_names(), ["corp-token"]);
+        assert!(creds.list().is_empty(), "a named secret is no login");
+    }
+
+    #[test]
+    fn write_errors_read_as_before() {
+        let too_large = WriteError::TooLarge {
+            sent_back: 2_000_000,
+            secret_len: 1_999_000,
+            limit: 1_047_552,
+        };
+        assert_eq!(
+            too_large.to_string(),
+            "the login is 2000000 bytes as `get` would send it back (the secret is 1999000 \
+             bytes), more than the 1047552 bytes that fit in one answer; nothing was stored"
+        );
+        let late = WriteError::NotConfirmed {
+            location: "the keyring".into(),
+            secs: 20,
+        };
+        assert_eq!(
+            late.to_string(),
+            "the keyring did not confirm the write within 20 s (locked behind an unlock prompt, \
+             or not answering); it may still complete: check with `regent ls`, or use \
+             REGENT_STORE=file"
+        );
+        assert_eq!(
+            WriteError::ShuttingDown.to_string(),
+            "the agent is shutting down; try again"
+        );
+        assert_eq!(
+            WriteError::WriterStopped.to_string(),
+            "the agent's writer stopped; see the agent log"
+        );
+    }
+
+    #[test]
+    fn a_login_too_large_to_send_back_is_refused_before_any_write() {
+        let backend = Recording::new(true);
+        let creds = CredentialTable::open(backend.clone(), Index::memory()).unwrap();
+        let rt = runtime();
+        let big = "x".repeat(MAX_FRAME);
+        let err = rt
+            .block_on(creds.store(login("a.example", "a.example", "u", &big)))
+            .unwrap_err();
+        assert!(matches!(err, WriteError::TooLarge { .. }), "{err:?}");
+        assert!(backend.applied().is_empty());
+    }
 }
