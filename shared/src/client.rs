@@ -821,4 +821,79 @@ mod tests {
         drop(held);
         fs::remove_dir_all(base).unwrap();
     }
+
+    /// Every message, byte for byte: the CLI and the helper print them, and
+    /// the integration tests match on them.
+    #[test]
+    fn client_error_messages_are_pinned() {
+        let sock = || PathBuf::from("/run/r/agent.sock");
+        let data = PathBuf::from("/home/u/.local/share/regent");
+        let cases = [
+            (
+                ClientError::NotRunning(sock()),
+                "the regent agent is not running (no answer on /run/r/agent.sock); start it with `regent start`"
+                    .to_owned(),
+            ),
+            (
+                ClientError::Start("why".into()),
+                "cannot start the regent agent: why".to_owned(),
+            ),
+            (
+                ClientError::Dir(DirError::NotDirectory(PathBuf::from("/run/r"))),
+                "/run/r is not a directory. Remove it or set REGENT_SOCKET to a socket in a private directory"
+                    .to_owned(),
+            ),
+            (
+                ClientError::AgentTooNew {
+                    socket: sock(),
+                    agent: AgentInfo {
+                        proto: 9,
+                        min_proto: 8,
+                        version: "9.0.0".into(),
+                        pid: 1,
+                    },
+                },
+                format!(
+                    "the regent agent on /run/r/agent.sock (version 9.0.0, protocol 9) no longer serves \
+                     protocol {PROTOCOL_VERSION}: this program is older than the agent; install matching \
+                     versions of regent and docker-credential-regent"
+                ),
+            ),
+            (
+                ClientError::Agent {
+                    socket: sock(),
+                    detail: "timed out waiting for its answer".into(),
+                },
+                "the regent agent on /run/r/agent.sock is not answering properly (timed out waiting for \
+                 its answer); run `regent status` or see its log"
+                    .to_owned(),
+            ),
+            (
+                ClientError::StoreHeld {
+                    data_dir: data.clone(),
+                    pid: Some(42),
+                    socket: Some(PathBuf::from("/run/o/agent.sock")),
+                },
+                "the regent store in /home/u/.local/share/regent is held by the agent pid 42 \
+                 (/home/u/.local/share/regent/agent.lock), which does not answer on /run/o/agent.sock; \
+                 stop it (`kill 42`) and the next call starts a new agent"
+                    .to_owned(),
+            ),
+            (
+                ClientError::StoreHeld {
+                    data_dir: data,
+                    pid: None,
+                    socket: None,
+                },
+                "the regent store in /home/u/.local/share/regent is held by the agent pid ? \
+                 (/home/u/.local/share/regent/agent.lock), which has not said where it listens; \
+                 stop it (`kill ?`) and the next call starts a new agent"
+                    .to_owned(),
+            ),
+        ];
+        for (err, text) in cases {
+            assert_eq!(err.to_string(), text);
+            assert!(std::error::Error::source(&err).is_none(), "{text}");
+        }
+    }
 }

@@ -570,4 +570,79 @@ mod tests {
             );
         }
     }
+
+    /// Every message, byte for byte: the CLI, the helper and the agent print
+    /// them, and the integration tests match on them.
+    #[test]
+    fn dir_error_messages_are_pinned() {
+        let p = || PathBuf::from("/run/x");
+        let cases = [
+            (
+                DirError::Io(p(), io::Error::other("boom")),
+                "cannot create or inspect /run/x: boom",
+            ),
+            (
+                DirError::Symlink(p()),
+                "/run/x is a symbolic link; regent refuses to put its socket behind a link. \
+                 Remove it (rm /run/x) or set REGENT_SOCKET to a socket in a private directory",
+            ),
+            (
+                DirError::NotDirectory(p()),
+                "/run/x is not a directory. Remove it or set REGENT_SOCKET to a socket in a private directory",
+            ),
+            (
+                DirError::ForeignOwner {
+                    path: p(),
+                    owner: 7,
+                    me: 1000,
+                },
+                "/run/x belongs to uid 7, not to you (uid 1000): another user could impersonate the agent. \
+                 Remove it (as its owner or root) or set REGENT_SOCKET to a socket in a private directory",
+            ),
+            (
+                DirError::Loose {
+                    path: p(),
+                    mode: 0o40755,
+                },
+                "/run/x has mode 40755: a group- or world-accessible directory cannot hold regent's socket, \
+                 and regent changes no directory it did not create; put the socket in a directory of your own: \
+                 `mkdir -m 700 ~/.regent` and REGENT_SOCKET=~/.regent/agent.sock (or unset REGENT_SOCKET)",
+            ),
+            (
+                DirError::Loose {
+                    path: p(),
+                    mode: 0o41777,
+                },
+                "/run/x has mode 41777: a shared (sticky) directory cannot hold regent's socket, \
+                 and regent changes no directory it did not create; put the socket in a directory of your own: \
+                 `mkdir -m 700 ~/.regent` and REGENT_SOCKET=~/.regent/agent.sock (or unset REGENT_SOCKET)",
+            ),
+            (
+                DirError::RelativeSocket(PathBuf::from("a.sock")),
+                "REGENT_SOCKET=a.sock is a relative path, which would name another socket in every \
+                 working directory; set REGENT_SOCKET to an absolute path (e.g. ~/.regent/agent.sock) or unset it",
+            ),
+            (
+                DirError::NotSocket {
+                    path: p(),
+                    what: "a regular file",
+                },
+                "/run/x is a regular file, not a socket; regent never removes it. Set REGENT_SOCKET to a \
+                 socket path of its own (e.g. ~/.regent/agent.sock) or unset it",
+            ),
+            (
+                DirError::ForeignSocket {
+                    path: p(),
+                    owner: 7,
+                    me: 1000,
+                },
+                "the socket /run/x belongs to uid 7, not to you (uid 1000): it is not your agent. \
+                 Remove it (as its owner or root) or set REGENT_SOCKET to a socket in a private directory",
+            ),
+        ];
+        for (err, text) in cases {
+            assert_eq!(err.to_string(), text);
+            assert!(std::error::Error::source(&err).is_none(), "{text}");
+        }
+    }
 }
