@@ -22,7 +22,6 @@
 //! Every step has a deadline; clients of the credential-helper protocol set
 //! none of their own.
 
-use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -105,20 +104,40 @@ pub struct AgentInfo {
     pub pid: u32,
 }
 
-#[derive(Debug)]
+/// Why a call did not reach an agent or got no proper answer. Every
+/// message says what to do next.
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing listens on the socket and starting an agent was not asked for.
+    #[error(
+        "the regent agent is not running (no answer on {}); start it with `regent start`",
+        .0.display()
+    )]
     NotRunning(PathBuf),
     /// The agent could not be started; the message says why and what to do.
+    #[error("cannot start the regent agent: {0}")]
     Start(String),
     /// The socket path or its directory failed its safety check.
+    #[error("{0}")]
     Dir(DirError),
     /// The running agent no longer serves this program's protocol version.
+    #[error(
+        "the regent agent on {} (version {}, protocol {}) no longer serves protocol {PROTOCOL_VERSION}: \
+         this program is older than the agent; install matching versions of regent and docker-credential-regent",
+        .socket.display(),
+        .agent.version,
+        .agent.proto
+    )]
     AgentTooNew { socket: PathBuf, agent: AgentInfo },
     /// The agent answered nothing in time, or broke the protocol.
+    #[error(
+        "the regent agent on {} is not answering properly ({detail}); run `regent status` or see its log",
+        .socket.display()
+    )]
     Agent { socket: PathBuf, detail: String },
     /// An agent holds the store's lock but does not answer on the socket it
     /// advertises (or has not said which yet).
+    #[error("{}", store_held(.data_dir, *.pid, .socket.as_deref()))]
     StoreHeld {
         data_dir: PathBuf,
         pid: Option<u32>,
@@ -126,59 +145,26 @@ pub enum ClientError {
     },
 }
 
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::NotRunning(s) => write!(
-                f,
-                "the regent agent is not running (no answer on {}); start it with `regent start`",
-                s.display()
-            ),
-            ClientError::Start(why) => write!(f, "cannot start the regent agent: {why}"),
-            ClientError::Dir(e) => write!(f, "{e}"),
-            ClientError::AgentTooNew { socket, agent } => write!(
-                f,
-                "the regent agent on {} (version {}, protocol {}) no longer serves protocol {PROTOCOL_VERSION}: \
-                 this program is older than the agent; install matching versions of regent and docker-credential-regent",
-                socket.display(),
-                agent.version,
-                agent.proto
-            ),
-            ClientError::Agent { socket, detail } => write!(
-                f,
-                "the regent agent on {} is not answering properly ({detail}); run `regent status` or see its log",
-                socket.display()
-            ),
-            ClientError::StoreHeld {
-                data_dir,
-                pid,
-                socket,
-            } => {
-                let pid = pid.map_or_else(|| "?".to_owned(), |p| p.to_string());
-                let lock = paths::store_lock_path(data_dir);
-                match socket {
-                    Some(socket) => write!(
-                        f,
-                        "the regent store in {} is held by the agent pid {pid} ({}), which does not answer on {}; \
-                         stop it (`kill {pid}`) and the next call starts a new agent",
-                        data_dir.display(),
-                        lock.display(),
-                        socket.display()
-                    ),
-                    None => write!(
-                        f,
-                        "the regent store in {} is held by the agent pid {pid} ({}), which has not said where it \
-                         listens; stop it (`kill {pid}`) and the next call starts a new agent",
-                        data_dir.display(),
-                        lock.display()
-                    ),
-                }
-            }
-        }
+/// The message of [`ClientError::StoreHeld`].
+fn store_held(data_dir: &Path, pid: Option<u32>, socket: Option<&Path>) -> String {
+    let pid = pid.map_or_else(|| "?".to_owned(), |p| p.to_string());
+    let lock = paths::store_lock_path(data_dir);
+    match socket {
+        Some(socket) => format!(
+            "the regent store in {} is held by the agent pid {pid} ({}), which does not answer on {}; \
+             stop it (`kill {pid}`) and the next call starts a new agent",
+            data_dir.display(),
+            lock.display(),
+            socket.display()
+        ),
+        None => format!(
+            "the regent store in {} is held by the agent pid {pid} ({}), which has not said where it \
+             listens; stop it (`kill {pid}`) and the next call starts a new agent",
+            data_dir.display(),
+            lock.display()
+        ),
     }
 }
-
-impl std::error::Error for ClientError {}
 
 /// An open, handshaken connection to the agent.
 pub struct Connection {
