@@ -21,8 +21,13 @@
 //!
 //! Every step has a deadline; clients of the credential-helper protocol set
 //! none of their own.
+//!
+//! In the code, [`call_with`] walks the steps of a small state machine
+//! (`Step`: probe, holding the start lock, agent spawned), each of which
+//! first looks for an agent (`reach`: our socket, then the store holder's)
+//! and moves on only when nothing answers. `client/tests.rs` drives each
+//! transition against fake listeners, lock files and agent scripts.
 
-use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -33,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use crate::paths::{self, DirError, DirState};
 use crate::protocol::{FrameError, PROTOCOL_VERSION, Request, Response, encode_frame, read_frame};
+use zeroize::Zeroizing;
 
 #[cfg(unix)]
 type Stream = std::os::unix::net::UnixStream;
@@ -105,20 +111,40 @@ pub struct AgentInfo {
     pub pid: u32,
 }
 
-#[derive(Debug)]
+/// Why a call did not reach an agent or got no proper answer. Every
+/// message says what to do next.
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing listens on the socket and starting an agent was not asked for.
+    #[error(
+        "the regent agent is not running (no answer on {}); start it with `regent start`",
+        .0.display()
+    )]
     NotRunning(PathBuf),
     /// The agent could not be started; the message says why and what to do.
+    #[error("cannot start the regent agent: {0}")]
     Start(String),
     /// The socket path or its directory failed its safety check.
+    #[error("{0}")]
     Dir(DirError),
     /// The running agent no longer serves this program's protocol version.
+    #[error(
+        "the regent agent on {} (version {}, protocol {}) no longer serves protocol {PROTOCOL_VERSION}: \
+         this program is older than the agent; install matching versions of regent and docker-credential-regent",
+        .socket.display(),
+        .agent.version,
+        .agent.proto
+    )]
     AgentTooNew { socket: PathBuf, agent: AgentInfo },
     /// The agent answered nothing in time, or broke the protocol.
+    #[error(
+        "the regent agent on {} is not answering properly ({detail}); run `regent status` or see its log",
+        .socket.display()
+    )]
     Agent { socket: PathBuf, detail: String },
     /// An agent holds the store's lock but does not answer on the socket it
     /// advertises (or has not said which yet).
+    #[error("{}", store_held(.data_dir, *.pid, .socket.as_deref()))]
     StoreHeld {
         data_dir: PathBuf,
         pid: Option<u32>,
@@ -126,59 +152,26 @@ pub enum ClientError {
     },
 }
 
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::NotRunning(s) => write!(
-                f,
-                "the regent agent is not running (no answer on {}); start it with `regent start`",
-                s.display()
-            ),
-            ClientError::Start(why) => write!(f, "cannot start the regent agent: {why}"),
-            ClientError::Dir(e) => write!(f, "{e}"),
-            ClientError::AgentTooNew { socket, agent } => write!(
-                f,
-                "the regent agent on {} (version {}, protocol {}) no longer serves protocol {PROTOCOL_VERSION}: \
-                 this program is older than the agent; install matching versions of regent and docker-credential-regent",
-                socket.display(),
-                agent.version,
-                agent.proto
-            ),
-            ClientError::Agent { socket, detail } => write!(
-                f,
-                "the regent agent on {} is not answering properly ({detail}); run `regent status` or see its log",
-                socket.display()
-            ),
-            ClientError::StoreHeld {
-                data_dir,
-                pid,
-                socket,
-            } => {
-                let pid = pid.map_or_else(|| "?".to_owned(), |p| p.to_string());
-                let lock = paths::store_lock_path(data_dir);
-                match socket {
-                    Some(socket) => write!(
-                        f,
-                        "the regent store in {} is held by the agent pid {pid} ({}), which does not answer on {}; \
-                         stop it (`kill {pid}`) and the next call starts a new agent",
-                        data_dir.display(),
-                        lock.display(),
-                        socket.display()
-                    ),
-                    None => write!(
-                        f,
-                        "the regent store in {} is held by the agent pid {pid} ({}), which has not said where it \
-                         listens; stop it (`kill {pid}`) and the next call starts a new agent",
-                        data_dir.display(),
-                        lock.display()
-                    ),
-                }
-            }
-        }
+/// The message of [`ClientError::StoreHeld`].
+fn store_held(data_dir: &Path, pid: Option<u32>, socket: Option<&Path>) -> String {
+    let pid = pid.map_or_else(|| "?".to_owned(), |p| p.to_string());
+    let lock = paths::store_lock_path(data_dir);
+    match socket {
+        Some(socket) => format!(
+            "the regent store in {} is held by the agent pid {pid} ({}), which does not answer on {}; \
+             stop it (`kill {pid}`) and the next call starts a new agent",
+            data_dir.display(),
+            lock.display(),
+            socket.display()
+        ),
+        None => format!(
+            "the regent store in {} is held by the agent pid {pid} ({}), which has not said where it \
+             listens; stop it (`kill {pid}`) and the next call starts a new agent",
+            data_dir.display(),
+            lock.display()
+        ),
     }
 }
-
-impl std::error::Error for ClientError {}
 
 /// An open, handshaken connection to the agent.
 pub struct Connection {
@@ -250,18 +243,73 @@ pub fn call(opts: &Options, req: &Request) -> Result<Response, ClientError> {
 
 /// Like [`call`], and also returns the connection (for a follow-up request)
 /// and what the agent said about itself.
+///
+/// Each [`Step`] first looks for an agent ([`reach`]); only when none
+/// answers does it move on to the next step, so an agent that appears at
+/// any point (started by someone else meanwhile) is used.
 pub fn call_with(opts: &Options, req: &Request) -> Result<(Connection, Response), ClientError> {
     let deadline = Instant::now() + opts.start_timeout;
     check_socket(&opts.socket)?;
-    match attempt(opts, &opts.socket, req, deadline) {
-        Attempt::Done(conn, resp) => return Ok((conn, resp)),
-        Attempt::Fatal(e) => return Err(e),
-        Attempt::Absent(_) | Attempt::Outdated => {}
+    let mut step = Step::Probe;
+    loop {
+        let silence = match reach(opts, req, deadline)? {
+            Reached::Agent(conn, resp) => return Ok((conn, resp)),
+            Reached::Nobody(silence) => silence,
+        };
+        step = match step {
+            Step::Probe => Step::Locked(prepare_start(opts, deadline)?),
+            Step::Locked(start) => {
+                if silence == Silence::Refused {
+                    // A socket nobody listens on, left over by a killed
+                    // agent. Checked again right before: only a socket of
+                    // ours is ever removed.
+                    paths::check_socket_file(&opts.socket).map_err(ClientError::Dir)?;
+                    let _ = fs::remove_file(&opts.socket);
+                }
+                let started = spawn_agent(&start.exe, &opts.socket, deadline);
+                Step::Spawned {
+                    _lock: start.lock,
+                    started,
+                }
+            }
+            // An agent started some other way (a supervisor, `regent agent`)
+            // would have taken the store meanwhile, and ours then refused to
+            // start: [`reach`] has looked for it.
+            Step::Spawned { started, .. } => {
+                started?;
+                return Err(ClientError::Start(format!(
+                    "it reported ready but {} does not answer; see {}",
+                    opts.socket.display(),
+                    paths::log_file().display()
+                )));
+            }
+        };
     }
-    // Nothing here: the agent that holds the store may listen elsewhere.
-    if let Some(done) = via_store_holder(opts, req, deadline)? {
-        return Ok(done);
-    }
+}
+
+/// Where [`call_with`] stands when nothing answered.
+enum Step {
+    /// The first look, before anything else.
+    Probe,
+    /// Holding the start lock: someone may have started the agent while we
+    /// waited for it, so look once more before starting one.
+    Locked(Starter),
+    /// Our agent was spawned (`started` says whether it reported ready).
+    Spawned {
+        _lock: StartLock,
+        started: Result<(), ClientError>,
+    },
+}
+
+/// What it takes to start an agent: the executable and the start lock.
+struct Starter {
+    exe: PathBuf,
+    lock: StartLock,
+}
+
+/// Finds the executable to start and takes the start lock, or says why no
+/// agent can be started.
+fn prepare_start(opts: &Options, deadline: Instant) -> Result<Starter, ClientError> {
     let exe = match (&opts.agent_exe, opts.agent_exe.resolve()) {
         (AgentExe::Never, _) => return Err(ClientError::NotRunning(opts.socket.clone())),
         (_, Some(exe)) => exe,
@@ -274,40 +322,22 @@ pub fn call_with(opts: &Options, req: &Request) -> Result<(Connection, Response)
     paths::create_private_dir(&opts.data_dir).map_err(|e| {
         ClientError::Start(format!("cannot create {}: {e}", opts.data_dir.display()))
     })?;
-    let _lock = StartLock::acquire(&paths::start_lock_path(&opts.data_dir), deadline)?;
-    // Someone may have started it while we waited for the lock.
-    let refused = match attempt(opts, &opts.socket, req, deadline) {
-        Attempt::Done(conn, resp) => return Ok((conn, resp)),
-        Attempt::Fatal(e) => return Err(e),
-        Attempt::Absent(refused) => refused,
-        Attempt::Outdated => false,
+    let lock = StartLock::acquire(&paths::start_lock_path(&opts.data_dir), deadline)?;
+    Ok(Starter { exe, lock })
+}
+
+/// One look for an agent: on our socket, then, when nothing answers there,
+/// on the socket of the agent that holds the store (it may listen
+/// elsewhere). The silence is our socket's.
+fn reach(opts: &Options, req: &Request, deadline: Instant) -> Result<Reached, ClientError> {
+    let silence = match attempt(opts, &opts.socket, req, deadline)? {
+        Reached::Nobody(silence) => silence,
+        answered => return Ok(answered),
     };
-    if let Some(done) = via_store_holder(opts, req, deadline)? {
-        return Ok(done);
-    }
-    if refused {
-        // A socket nobody listens on, left over by a killed agent. Checked
-        // again right before: only a socket of ours is ever removed.
-        paths::check_socket_file(&opts.socket).map_err(ClientError::Dir)?;
-        let _ = fs::remove_file(&opts.socket);
-    }
-    let started = spawn_agent(&exe, &opts.socket, deadline);
-    match attempt(opts, &opts.socket, req, deadline) {
-        Attempt::Done(conn, resp) => return Ok((conn, resp)),
-        Attempt::Fatal(e) => return Err(e),
-        Attempt::Absent(_) | Attempt::Outdated => {}
-    }
-    // An agent started some other way (a supervisor, `regent agent`) may
-    // have taken the store meanwhile: ours then refused to start.
-    if let Some(done) = via_store_holder(opts, req, deadline)? {
-        return Ok(done);
-    }
-    started?;
-    Err(ClientError::Start(format!(
-        "it reported ready but {} does not answer; see {}",
-        opts.socket.display(),
-        paths::log_file().display()
-    )))
+    Ok(match via_store_holder(opts, req, deadline)? {
+        Some((conn, resp)) => Reached::Agent(conn, resp),
+        None => Reached::Nobody(silence),
+    })
 }
 
 /// Opens a connection and performs only the handshake; never starts an
@@ -452,10 +482,8 @@ fn via_store_holder(
             if socket != opts.socket {
                 check_socket(socket)?;
             }
-            match attempt(opts, socket, req, deadline) {
-                Attempt::Done(conn, resp) => return Ok(Some((conn, resp))),
-                Attempt::Fatal(e) => return Err(e),
-                Attempt::Absent(_) | Attempt::Outdated => {}
+            if let Reached::Agent(conn, resp) = attempt(opts, socket, req, deadline)? {
+                return Ok(Some((conn, resp)));
             }
         }
         if Instant::now() >= deadline {
@@ -465,13 +493,24 @@ fn via_store_holder(
     }
 }
 
-enum Attempt {
-    Done(Connection, Response),
-    /// Nothing answers; `true` when a socket file exists but refused us.
-    Absent(bool),
-    /// An older agent was told to quit.
-    Outdated,
-    Fatal(ClientError),
+/// The outcome of one attempt that did not fail.
+enum Reached {
+    /// An agent answered the request.
+    Agent(Connection, Response),
+    /// Nothing answers there.
+    Nobody(Silence),
+}
+
+/// How a socket turned out to have no agent behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Silence {
+    /// No socket file, or an agent that went away under us (closed, reset).
+    Gone,
+    /// A socket file that refuses connections: left over by a killed agent,
+    /// so it is removed before a start.
+    Refused,
+    /// An agent older than us, which was asked to quit and is gone.
+    Retired,
 }
 
 fn hello(client: &str) -> Request {
@@ -482,54 +521,42 @@ fn hello(client: &str) -> Request {
     }
 }
 
-fn attempt(opts: &Options, socket: &Path, req: &Request, deadline: Instant) -> Attempt {
+/// Sends `req` to the agent on `socket`, behind a `Hello`. An error is
+/// final: an agent answered wrongly or too late, or the socket cannot be
+/// used.
+fn attempt(
+    opts: &Options,
+    socket: &Path,
+    req: &Request,
+    deadline: Instant,
+) -> Result<Reached, ClientError> {
     let mut stream = match open_stream(socket) {
         Ok(s) => s,
-        Err(e) => {
-            return match e.kind() {
-                io::ErrorKind::NotFound => Attempt::Absent(false),
-                io::ErrorKind::ConnectionRefused => Attempt::Absent(true),
-                _ => Attempt::Fatal(ClientError::Agent {
-                    socket: socket.to_path_buf(),
-                    detail: format!("cannot connect: {e}"),
-                }),
-            };
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Reached::Nobody(Silence::Gone));
         }
-    };
-    // An agent that dies under us (reset, broken pipe, end of file before
-    // its answer) is no agent: the caller starts a new one.
-    let fail = |e: FrameError| {
-        if is_broken(&e) {
-            Attempt::Absent(false)
-        } else {
-            Attempt::Fatal(agent_error(socket, e))
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            return Ok(Reached::Nobody(Silence::Refused));
+        }
+        Err(e) => {
+            return Err(ClientError::Agent {
+                socket: socket.to_path_buf(),
+                detail: format!("cannot connect: {e}"),
+            });
         }
     };
     // Hello and the request go out in one write; the agent answers both.
-    let mut out = match encode_frame(&hello(opts.client)) {
-        Ok(f) => f,
-        Err(e) => return Attempt::Fatal(agent_error(socket, e)),
-    };
-    match encode_frame(req) {
-        Ok(f) => out.extend_from_slice(&f),
-        Err(e) => return Attempt::Fatal(agent_error(socket, e)),
-    }
+    let mut out = encode_frame(&hello(opts.client)).map_err(|e| agent_error(socket, e))?;
+    out.extend_from_slice(&encode_frame(req).map_err(|e| agent_error(socket, e))?);
     let hello_wait = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(500));
-    set_timeout(&stream, hello_wait);
-    if let Err(e) = io::Write::write_all(&mut stream, &out) {
-        return fail(e.into());
-    }
-    drop(out);
-    let agent = match read_hello(&mut stream) {
-        Ok(a) => a,
-        Err(e) => return fail(e),
-    };
-    set_timeout(&stream, opts.reply_timeout);
-    let resp: Response = match read_frame(&mut stream) {
-        Ok(r) => r,
-        Err(e) => return fail(e),
+    let (agent, resp) = match exchange(&mut stream, out, hello_wait, opts.reply_timeout) {
+        Ok(answers) => answers,
+        // An agent that dies under us (reset, broken pipe, end of file
+        // before its answer) is no agent: the caller starts a new one.
+        Err(e) if is_broken(&e) => return Ok(Reached::Nobody(Silence::Gone)),
+        Err(e) => return Err(agent_error(socket, e)),
     };
     let mut conn = Connection {
         stream,
@@ -538,18 +565,34 @@ fn attempt(opts: &Options, socket: &Path, req: &Request, deadline: Instant) -> A
     };
     if conn.agent.proto >= PROTOCOL_VERSION {
         if conn.agent.min_proto > PROTOCOL_VERSION {
-            return Attempt::Fatal(ClientError::AgentTooNew {
+            return Err(ClientError::AgentTooNew {
                 socket: socket.to_path_buf(),
                 agent: conn.agent,
             });
         }
-        return Attempt::Done(conn, resp);
+        return Ok(Reached::Agent(conn, resp));
     }
     // The agent is older than we are: ask it to leave, then start ours.
     let _ = conn.call(&Request::Quit, Duration::from_secs(1));
     drop(conn);
     wait_gone(socket, deadline);
-    Attempt::Outdated
+    Ok(Reached::Nobody(Silence::Retired))
+}
+
+/// Writes `out` (the frames of `Hello` and the request), then reads the
+/// agent's `Hello` within `hello_wait` and its answer within `reply_wait`.
+fn exchange(
+    stream: &mut Stream,
+    out: Zeroizing<Vec<u8>>,
+    hello_wait: Duration,
+    reply_wait: Duration,
+) -> Result<(AgentInfo, Response), FrameError> {
+    set_timeout(stream, hello_wait);
+    io::Write::write_all(stream, &out)?;
+    drop(out);
+    let agent = read_hello(stream)?;
+    set_timeout(stream, reply_wait);
+    Ok((agent, read_frame(stream)?))
 }
 
 fn read_hello(stream: &mut Stream) -> Result<AgentInfo, FrameError> {
@@ -716,109 +759,4 @@ pub fn agent_exe_near(own_exe: Option<&Path>) -> Option<PathBuf> {
 }
 
 #[cfg(all(test, unix))]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::net::UnixListener;
-
-    fn tempdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("regent-client-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
-        d
-    }
-
-    fn options(base: &Path) -> Options {
-        let mut opts = Options::new("test");
-        opts.socket = base.join("run").join("agent.sock");
-        opts.data_dir = base.join("data");
-        opts.start_timeout = Duration::from_secs(2);
-        opts
-    }
-
-    fn get() -> Request {
-        Request::Get {
-            server_url: "ghcr.io".into(),
-            env: Default::default(),
-        }
-    }
-
-    #[test]
-    fn a_listener_that_closes_at_once_counts_as_no_agent() {
-        let base = tempdir("closing");
-        let opts = options(&base);
-        paths::ensure_private_dir(opts.socket.parent().unwrap()).unwrap();
-        let listener = UnixListener::bind(&opts.socket).unwrap();
-        let accepting = thread::spawn(move || {
-            // Accept and drop, as an agent dying under a connected client does.
-            for _ in 0..2 {
-                if let Ok((conn, _)) = listener.accept() {
-                    drop(conn);
-                }
-            }
-        });
-        match call_with(&opts, &get()) {
-            Err(ClientError::NotRunning(s)) => assert_eq!(s, opts.socket),
-            Err(e) => panic!("expected NotRunning, got: {e}"),
-            Ok(_) => panic!("expected NotRunning, got an answer"),
-        }
-        drop(accepting);
-        fs::remove_dir_all(base).unwrap();
-    }
-
-    #[test]
-    fn the_store_holder_is_read_from_its_lock() {
-        let base = tempdir("holder");
-        let data = base.join("data");
-        fs::create_dir_all(&data).unwrap();
-        assert!(store_holder(&data).is_none(), "no lock file: no holder");
-        let lock = paths::store_lock_path(&data);
-        fs::write(&lock, b"4242\n/run/user/1000/regent/agent.sock\n").unwrap();
-        assert!(store_holder(&data).is_none(), "an unlocked file: no holder");
-        let held = File::open(&lock).unwrap();
-        held.lock().unwrap();
-        let holder = store_holder(&data).expect("a holder");
-        assert_eq!(holder.pid, Some(4242));
-        assert_eq!(
-            holder.socket.as_deref(),
-            Some(Path::new("/run/user/1000/regent/agent.sock"))
-        );
-        drop(held);
-        assert!(store_holder(&data).is_none(), "released: no holder");
-
-        let partial = parse_holder(b"17\n/half/written");
-        assert_eq!(partial.pid, Some(17));
-        assert!(partial.socket.is_none());
-        let empty = parse_holder(b"");
-        assert!(empty.pid.is_none() && empty.socket.is_none());
-        fs::remove_dir_all(base).unwrap();
-    }
-
-    #[test]
-    fn a_held_store_that_never_answers_is_named() {
-        let base = tempdir("held");
-        let opts = options(&base);
-        fs::create_dir_all(&opts.data_dir).unwrap();
-        let elsewhere = base.join("elsewhere.sock");
-        let lock = paths::store_lock_path(&opts.data_dir);
-        fs::write(&lock, format!("99\n{}\n", elsewhere.display())).unwrap();
-        let held = File::open(&lock).unwrap();
-        held.lock().unwrap();
-        let mut opts = opts;
-        opts.start_timeout = Duration::from_millis(300);
-        let err = match call_with(&opts, &get()) {
-            Err(e) => e,
-            Ok(_) => panic!("expected an error"),
-        };
-        let text = err.to_string();
-        assert!(
-            matches!(err, ClientError::StoreHeld { pid: Some(99), .. })
-                && text.contains(&elsewhere.display().to_string())
-                && text.contains(&opts.data_dir.display().to_string()),
-            "{text}"
-        );
-        drop(held);
-        fs::remove_dir_all(base).unwrap();
-    }
-}
+mod tests;

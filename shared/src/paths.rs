@@ -29,7 +29,6 @@
 //! never removed.
 
 use std::env;
-use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -165,98 +164,74 @@ pub fn current_uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
-/// What is wrong with a socket path or a directory regent was about to trust.
-#[derive(Debug)]
-pub enum DirError {
-    Io(PathBuf, io::Error),
-    Symlink(PathBuf),
-    NotDirectory(PathBuf),
-    ForeignOwner {
-        path: PathBuf,
-        owner: u32,
-        me: u32,
-    },
-    /// A directory regent did not create, with group or other permissions
-    /// or the sticky bit (the full mode).
-    Loose {
-        path: PathBuf,
-        mode: u32,
-    },
-    /// `REGENT_SOCKET` is not an absolute path.
-    RelativeSocket(PathBuf),
-    /// Something other than a socket is at the socket path.
-    NotSocket {
-        path: PathBuf,
-        what: &'static str,
-    },
-    /// A socket of another user is at the socket path.
-    ForeignSocket {
-        path: PathBuf,
-        owner: u32,
-        me: u32,
-    },
-}
-
 /// The fix for a socket directory that cannot be used.
 const PRIVATE_DIR_FIX: &str = "put the socket in a directory of your own: \
      `mkdir -m 700 ~/.regent` and REGENT_SOCKET=~/.regent/agent.sock (or unset REGENT_SOCKET)";
 
-impl fmt::Display for DirError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DirError::Io(p, e) => write!(f, "cannot create or inspect {}: {e}", p.display()),
-            DirError::Symlink(p) => write!(
-                f,
-                "{} is a symbolic link; regent refuses to put its socket behind a link. \
-                 Remove it (rm {}) or set {SOCKET_ENV} to a socket in a private directory",
-                p.display(),
-                p.display()
-            ),
-            DirError::NotDirectory(p) => write!(
-                f,
-                "{} is not a directory. Remove it or set {SOCKET_ENV} to a socket in a private directory",
-                p.display()
-            ),
-            DirError::ForeignOwner { path, owner, me } => write!(
-                f,
-                "{} belongs to uid {owner}, not to you (uid {me}): another user could impersonate the agent. \
-                 Remove it (as its owner or root) or set {SOCKET_ENV} to a socket in a private directory",
-                path.display()
-            ),
-            DirError::Loose { path, mode } => write!(
-                f,
-                "{} has mode {mode:o}: a {} directory cannot hold regent's socket, and regent \
-                 changes no directory it did not create; {PRIVATE_DIR_FIX}",
-                path.display(),
-                if mode & 0o1000 != 0 {
-                    "shared (sticky)"
-                } else {
-                    "group- or world-accessible"
-                }
-            ),
-            DirError::RelativeSocket(p) => write!(
-                f,
-                "{SOCKET_ENV}={} is a relative path, which would name another socket in every \
-                 working directory; set {SOCKET_ENV} to an absolute path (e.g. ~/.regent/agent.sock) or unset it",
-                p.display()
-            ),
-            DirError::NotSocket { path, what } => write!(
-                f,
-                "{} is {what}, not a socket; regent never removes it. Set {SOCKET_ENV} to a \
-                 socket path of its own (e.g. ~/.regent/agent.sock) or unset it",
-                path.display()
-            ),
-            DirError::ForeignSocket { path, owner, me } => write!(
-                f,
-                "the socket {} belongs to uid {owner}, not to you (uid {me}): it is not your agent. \
-                 Remove it (as its owner or root) or set {SOCKET_ENV} to a socket in a private directory",
-                path.display()
-            ),
-        }
-    }
+/// What is wrong with a socket path or a directory regent was about to trust.
+/// Every message names the path and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("cannot create or inspect {}: {}", .0.display(), .1)]
+    Io(PathBuf, io::Error),
+    #[error(
+        "{} is a symbolic link; regent refuses to put its socket behind a link. \
+         Remove it (rm {}) or set {SOCKET_ENV} to a socket in a private directory",
+        .0.display(),
+        .0.display()
+    )]
+    Symlink(PathBuf),
+    #[error(
+        "{} is not a directory. Remove it or set {SOCKET_ENV} to a socket in a private directory",
+        .0.display()
+    )]
+    NotDirectory(PathBuf),
+    #[error(
+        "{} belongs to uid {owner}, not to you (uid {me}): another user could impersonate the agent. \
+         Remove it (as its owner or root) or set {SOCKET_ENV} to a socket in a private directory",
+        .path.display()
+    )]
+    ForeignOwner { path: PathBuf, owner: u32, me: u32 },
+    /// A directory regent did not create, with group or other permissions
+    /// or the sticky bit (the full mode).
+    #[error(
+        "{} has mode {mode:o}: a {} directory cannot hold regent's socket, and regent \
+         changes no directory it did not create; {PRIVATE_DIR_FIX}",
+        .path.display(),
+        loose_kind(*.mode)
+    )]
+    Loose { path: PathBuf, mode: u32 },
+    /// `REGENT_SOCKET` is not an absolute path.
+    #[error(
+        "{SOCKET_ENV}={} is a relative path, which would name another socket in every \
+         working directory; set {SOCKET_ENV} to an absolute path (e.g. ~/.regent/agent.sock) or unset it",
+        .0.display()
+    )]
+    RelativeSocket(PathBuf),
+    /// Something other than a socket is at the socket path.
+    #[error(
+        "{} is {what}, not a socket; regent never removes it. Set {SOCKET_ENV} to a \
+         socket path of its own (e.g. ~/.regent/agent.sock) or unset it",
+        .path.display()
+    )]
+    NotSocket { path: PathBuf, what: &'static str },
+    /// A socket of another user is at the socket path.
+    #[error(
+        "the socket {} belongs to uid {owner}, not to you (uid {me}): it is not your agent. \
+         Remove it (as its owner or root) or set {SOCKET_ENV} to a socket in a private directory",
+        .path.display()
+    )]
+    ForeignSocket { path: PathBuf, owner: u32, me: u32 },
 }
 
-impl std::error::Error for DirError {}
+/// What kind of directory a [`DirError::Loose`] mode describes.
+fn loose_kind(mode: u32) -> &'static str {
+    if mode & 0o1000 != 0 {
+        "shared (sticky)"
+    } else {
+        "group- or world-accessible"
+    }
+}
 
 /// How [`ensure_socket_dir`] found the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -568,6 +543,81 @@ mod tests {
                 "REGENT_SOCKET={socket:?}: expected {want}\n{stdout}{}",
                 String::from_utf8_lossy(&out.stderr)
             );
+        }
+    }
+
+    /// Every message, byte for byte: the CLI, the helper and the agent print
+    /// them, and the integration tests match on them.
+    #[test]
+    fn dir_error_messages_are_pinned() {
+        let p = || PathBuf::from("/run/x");
+        let cases = [
+            (
+                DirError::Io(p(), io::Error::other("boom")),
+                "cannot create or inspect /run/x: boom",
+            ),
+            (
+                DirError::Symlink(p()),
+                "/run/x is a symbolic link; regent refuses to put its socket behind a link. \
+                 Remove it (rm /run/x) or set REGENT_SOCKET to a socket in a private directory",
+            ),
+            (
+                DirError::NotDirectory(p()),
+                "/run/x is not a directory. Remove it or set REGENT_SOCKET to a socket in a private directory",
+            ),
+            (
+                DirError::ForeignOwner {
+                    path: p(),
+                    owner: 7,
+                    me: 1000,
+                },
+                "/run/x belongs to uid 7, not to you (uid 1000): another user could impersonate the agent. \
+                 Remove it (as its owner or root) or set REGENT_SOCKET to a socket in a private directory",
+            ),
+            (
+                DirError::Loose {
+                    path: p(),
+                    mode: 0o40755,
+                },
+                "/run/x has mode 40755: a group- or world-accessible directory cannot hold regent's socket, \
+                 and regent changes no directory it did not create; put the socket in a directory of your own: \
+                 `mkdir -m 700 ~/.regent` and REGENT_SOCKET=~/.regent/agent.sock (or unset REGENT_SOCKET)",
+            ),
+            (
+                DirError::Loose {
+                    path: p(),
+                    mode: 0o41777,
+                },
+                "/run/x has mode 41777: a shared (sticky) directory cannot hold regent's socket, \
+                 and regent changes no directory it did not create; put the socket in a directory of your own: \
+                 `mkdir -m 700 ~/.regent` and REGENT_SOCKET=~/.regent/agent.sock (or unset REGENT_SOCKET)",
+            ),
+            (
+                DirError::RelativeSocket(PathBuf::from("a.sock")),
+                "REGENT_SOCKET=a.sock is a relative path, which would name another socket in every \
+                 working directory; set REGENT_SOCKET to an absolute path (e.g. ~/.regent/agent.sock) or unset it",
+            ),
+            (
+                DirError::NotSocket {
+                    path: p(),
+                    what: "a regular file",
+                },
+                "/run/x is a regular file, not a socket; regent never removes it. Set REGENT_SOCKET to a \
+                 socket path of its own (e.g. ~/.regent/agent.sock) or unset it",
+            ),
+            (
+                DirError::ForeignSocket {
+                    path: p(),
+                    owner: 7,
+                    me: 1000,
+                },
+                "the socket /run/x belongs to uid 7, not to you (uid 1000): it is not your agent. \
+                 Remove it (as its owner or root) or set REGENT_SOCKET to a socket in a private directory",
+            ),
+        ];
+        for (err, text) in cases {
+            assert_eq!(err.to_string(), text);
+            assert!(std::error::Error::source(&err).is_none(), "{text}");
         }
     }
 }
