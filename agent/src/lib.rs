@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod clientconf;
+pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
@@ -9,7 +10,6 @@ pub mod environ;
 pub mod import;
 pub mod named_secrets;
 pub mod refresh;
-pub mod server;
 pub mod setup;
 pub mod sources;
 pub mod store;

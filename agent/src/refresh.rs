@@ -37,38 +37,8 @@ use regent_shared::registry::RegistryKey;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::sources::{BoxFuture, Context, Source, SourceError, SourceRequest, Token};
-
-/// The wall clock, and a way to sleep until a wall-clock time.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> SystemTime;
-    fn sleep_until(&self, deadline: SystemTime) -> BoxFuture<'static, ()>;
-}
-
-/// The real clock. Sleeps wake up at least every [`SystemClock::RECHECK`] to
-/// look at the wall clock again, so a suspend does not stretch a sleep.
-pub struct SystemClock;
-
-impl SystemClock {
-    pub const RECHECK: Duration = Duration::from_secs(30);
-}
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-
-    fn sleep_until(&self, deadline: SystemTime) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            while let Ok(left) = deadline.duration_since(SystemTime::now()) {
-                if left.is_zero() {
-                    break;
-                }
-                tokio::time::sleep(left.min(Self::RECHECK)).await;
-            }
-        })
-    }
-}
+use crate::clock::Clock;
+use crate::sources::{Context, ErrorClass, Source, SourceError, SourceRequest, Token};
 
 /// The numbers of the refresh policy.
 #[derive(Clone, Debug)]
@@ -98,6 +68,20 @@ impl Default for Policy {
             fetch_timeout: Duration::from_secs(15 * 60),
         }
     }
+}
+
+/// Why [`Engine::get`] has no token to hand out: one line for the user
+/// (which registry, since when, why), and what the last failure said of
+/// itself.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Unavailable {
+    message: String,
+    /// The last fetch's failure class; `None` when no fetch failed yet.
+    pub class: Option<ErrorClass>,
+    /// How long until the next fetch may be tried (backoff, or the
+    /// source's retry-after).
+    pub retry_in: Option<Duration>,
 }
 
 type Random = Box<dyn Fn() -> f64 + Send + Sync>;
@@ -164,9 +148,9 @@ impl Drop for State {
 }
 
 impl Engine {
-    pub fn new(clock: Arc<dyn Clock>, policy: Policy, ctx: Context) -> Arc<Engine> {
+    pub fn new(policy: Policy, ctx: Context) -> Arc<Engine> {
         Arc::new(Engine {
-            clock,
+            clock: ctx.clock.clone(),
             policy,
             ctx,
             random: default_random(),
@@ -181,9 +165,9 @@ impl Engine {
         random: impl Fn() -> f64 + Send + Sync + 'static,
     ) -> Arc<Engine> {
         Arc::new(Engine {
+            ctx: Context::without_secrets().with_clock(clock.clone()),
             clock,
             policy,
-            ctx: Context::without_secrets(),
             random: Box::new(random),
             slots: Mutex::new(HashMap::new()),
         })
@@ -195,7 +179,7 @@ impl Engine {
         self: &Arc<Self>,
         source: Arc<dyn Source>,
         req: SourceRequest,
-    ) -> Result<Token, String> {
+    ) -> Result<Token, Unavailable> {
         let slot_key = format!("{}:{}", source.name(), source.cache_key(&req));
         let key = req.key.as_str().to_owned();
         let slot = {
@@ -248,7 +232,7 @@ impl Engine {
     }
 
     /// Why no token can be handed out.
-    fn failure(&self, st: &State, key: &str, now: SystemTime) -> String {
+    fn failure(&self, st: &State, key: &str, now: SystemTime) -> Unavailable {
         let reason = st
             .last_error
             .as_ref()
@@ -268,17 +252,21 @@ impl Engine {
                 st.source.name()
             ),
         };
-        if let Some(wait) = st
+        let retry_in = st
             .not_before
             .and_then(|nb| nb.duration_since(now).ok())
-            .filter(|w| !w.is_zero())
-        {
+            .filter(|w| !w.is_zero());
+        if let Some(wait) = retry_in {
             msg.push_str(&format!(
                 " (next attempt in {}s)",
                 wait.as_secs_f64().ceil() as u64
             ));
         }
-        msg
+        Unavailable {
+            message: msg,
+            class: st.last_error.as_ref().map(|e| e.class),
+            retry_in,
+        }
     }
 
     /// Starts a background refresh when one is due and allowed.
@@ -601,7 +589,7 @@ mod tests {
             *self.now.borrow()
         }
 
-        fn sleep_until(&self, deadline: SystemTime) -> BoxFuture<'static, ()> {
+        fn sleep_until(&self, deadline: SystemTime) -> crate::clock::Sleep {
             let mut rx = self.now.subscribe();
             let frozen = self.frozen_timers;
             Box::pin(async move {
@@ -674,7 +662,7 @@ mod tests {
             &'a self,
             _req: &'a SourceRequest,
             _ctx: &'a Context,
-        ) -> BoxFuture<'a, Result<Token, SourceError>> {
+        ) -> crate::sources::BoxFuture<'a, Result<Token, SourceError>> {
             Box::pin(async move {
                 let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
                 if let Some(gate) = &self.gate {
@@ -729,6 +717,7 @@ mod tests {
         e.get(f.clone(), req())
             .await
             .map(|t| t.secret.expose().to_owned())
+            .map_err(|e| e.to_string())
     }
 
     #[tokio::test]
@@ -873,7 +862,13 @@ mod tests {
         let e = engine(&clock);
         assert!(get(&e, &fake).await.is_err());
         clock.advance(29 * S);
-        assert!(get(&e, &fake).await.is_err());
+        let err = e
+            .get(fake.clone(), req())
+            .await
+            .err()
+            .expect("in the window");
+        assert_eq!(err.class, Some(ErrorClass::Transient));
+        assert_eq!(err.retry_in, Some(S), "the source's retry-after, left");
         assert_eq!(fake.calls(), 1, "retry-after not honoured");
         clock.advance(S);
         assert!(get(&e, &fake).await.is_err());
@@ -903,8 +898,13 @@ mod tests {
         );
         // Inside the margin a get needs a token and tries once; it fails.
         clock.advance(2 * S);
-        let err = get(&e, &fake).await.unwrap_err();
-        assert!(err.contains("access denied #3"), "{err}");
+        let err = e
+            .get(fake.clone(), req())
+            .await
+            .err()
+            .expect("inside the margin");
+        assert_eq!(err.class, Some(ErrorClass::Permanent));
+        assert!(err.to_string().contains("access denied #3"), "{err}");
         assert_eq!(fake.calls(), 3);
         clock.advance(3600 * S);
         settle().await;

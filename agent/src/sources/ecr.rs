@@ -53,7 +53,7 @@
 //! retry on its own; the refresh engine backs off.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use aws_config::BehaviorVersion;
@@ -76,7 +76,9 @@ use zeroize::Zeroizing;
 
 use regent_shared::protocol::FORWARDED_ENV;
 
-use super::{BoxFuture, CallerEnv, Context, Source, SourceError, SourceRequest, Token};
+use super::{
+    BoxFuture, CallerEnv, Context, Descriptor, Source, SourceError, SourceRequest, Token, text,
+};
 
 /// ECR Public lives in one region.
 pub const PUBLIC_REGION: &str = "us-east-1";
@@ -85,8 +87,6 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(25);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 const SESSION_NAME: &str = "regent";
-/// The longest AWS error message quoted.
-const MESSAGE_CHARS: usize = 300;
 
 /// The private ECR hostname pattern (amazon-ecr-credential-helper's, anchored).
 static PRIVATE_HOST: LazyLock<regex_lite::Regex> = LazyLock::new(|| {
@@ -134,6 +134,14 @@ pub fn parse_host(key: &RegistryKey) -> Option<Host> {
 pub fn detect(key: &RegistryKey) -> Option<Ecr> {
     parse_host(key).map(|_| Ecr::default())
 }
+
+/// `source = "ecr"`, and zero config for ECR and ECR Public hosts.
+pub const DESCRIPTOR: Descriptor = Descriptor {
+    name: "ecr",
+    from_settings: Some(|settings| Ok(Arc::new(Ecr::from_settings(settings)?))),
+    detect: Some(|key| detect(key).map(|s| Arc::new(s) as Arc<dyn Source>)),
+    feature: Some("ecr"),
+};
 
 #[derive(Deserialize, Default, Debug, Clone, Hash)]
 #[serde(deny_unknown_fields)]
@@ -553,18 +561,6 @@ fn decode(
     })
 }
 
-fn clip(s: &str) -> String {
-    let s: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if s.chars().count() > MESSAGE_CHARS {
-        format!("{}…", s.chars().take(MESSAGE_CHARS).collect::<String>())
-    } else {
-        s
-    }
-}
-
 /// Error codes after which retrying cannot help.
 const PERMANENT_CODES: &[&str] = &[
     "AccessDeniedException",
@@ -593,13 +589,6 @@ const CREDENTIAL_CODES: &[&str] = &[
     "ExpiredToken",
 ];
 
-fn retry_after(headers: &aws_smithy_runtime_api::http::Headers) -> Option<Duration> {
-    headers
-        .get("retry-after")
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-}
-
 fn classify<E>(
     err: SdkError<E, aws_smithy_runtime_api::http::Response>,
     place: &Place<'_>,
@@ -611,10 +600,10 @@ where
     match &err {
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
-            let after = retry_after(se.raw().headers());
+            let after = text::retry_after(se.raw().headers().get("retry-after"));
             let e = se.err();
             let code = e.code().unwrap_or("").to_owned();
-            let message = clip(e.message().unwrap_or(""));
+            let message = text::clip(e.message().unwrap_or(""));
             let detail = match (code.is_empty(), message.is_empty()) {
                 (false, false) => format!("{code}: {message}"),
                 (false, true) => code.clone(),
@@ -655,13 +644,13 @@ where
         )),
         SdkError::ResponseError(_) => SourceError::transient(format!(
             "{what}: the reply to GetAuthorizationToken could not be read: {} (retried with backoff)",
-            chain(&err)
+            text::error_chain(&err)
         )),
         SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) | _ => {
             if let Some(cred) = find_credentials_error(&err) {
                 return credentials_error(cred, place);
             }
-            let text = chain(&err);
+            let text = text::error_chain(&err);
             if matches!(err, SdkError::ConstructionFailure(_))
                 || text.contains("Invalid Configuration")
             {
@@ -689,7 +678,7 @@ fn find_credentials_error<'a>(
 
 fn credentials_error(err: &CredentialsError, place: &Place<'_>) -> SourceError {
     let what = place.describe();
-    let text = chain(err);
+    let text = text::error_chain(err);
     match err {
         CredentialsError::ProviderTimedOut(_) => SourceError::transient(format!(
             "{what}: the AWS credential provider timed out: {text} (retried with backoff)"
@@ -737,20 +726,6 @@ fn credentials_error(err: &CredentialsError, place: &Place<'_>) -> SourceError {
             }
         }
     }
-}
-
-/// An error and its sources on one line, clipped.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !parts.iter().any(|p: &String| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = e.source();
-    }
-    clip(&parts.join(": "))
 }
 
 #[cfg(test)]

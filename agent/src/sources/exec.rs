@@ -57,6 +57,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use regent_shared::Secret;
@@ -64,8 +65,16 @@ use serde::{Deserialize, Deserializer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
-use super::{BoxFuture, Context, Source, SourceError, SourceRequest, Token};
+use super::{BoxFuture, Context, Descriptor, Source, SourceError, SourceRequest, Token, text};
 use crate::named_secrets;
+
+/// `source = "exec"`; it detects no hosts.
+pub const DESCRIPTOR: Descriptor = Descriptor {
+    name: "exec",
+    from_settings: Some(|settings| Ok(Arc::new(Exec::from_settings(settings)?))),
+    detect: None,
+    feature: None,
+};
 
 /// The protocol version of stdin and stdout.
 pub const VERSION: u64 = 1;
@@ -1145,29 +1154,17 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// The last few non-empty lines of stderr on one line, printable, bounded.
 fn summarize_stderr(raw: &[u8]) -> Option<Zeroizing<String>> {
-    let text = String::from_utf8_lossy(raw);
-    let lines: Vec<String> = text
+    let all = String::from_utf8_lossy(raw);
+    let lines: Vec<String> = all
         .lines()
-        .map(|l| {
-            l.chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect::<String>()
-                .trim()
-                .to_owned()
-        })
+        .map(|l| text::printable(l).trim().to_owned())
         .filter(|l| !l.is_empty())
         .collect();
     if lines.is_empty() {
         return None;
     }
     let joined = lines[lines.len().saturating_sub(STDERR_LINES)..].join(" / ");
-    let count = joined.chars().count();
-    Some(Zeroizing::new(if count > STDERR_CHARS {
-        let skip = count - STDERR_CHARS;
-        format!("…{}", joined.chars().skip(skip).collect::<String>())
-    } else {
-        joined
-    }))
+    Some(Zeroizing::new(text::tail(&joined, STDERR_CHARS)))
 }
 
 #[derive(Deserialize)]

@@ -5,16 +5,27 @@
 //! says whether trying again later can help. Sources never cache: the refresh
 //! engine ([`crate::refresh`]) caches one token per [`Source::cache_key`],
 //! refreshes it ahead of expiry, and makes concurrent requests share one
-//! fetch.
+//! fetch. Every fetch gets a [`Context`]: named secrets, the clock, and the
+//! one HTTP client ([`http`]).
 //!
-//! Adding a source is one file here (parse the `[[registry]]` settings into a
-//! struct with `deny_unknown_fields`, and implement the trait) plus edits
-//! made in step in this file: an arm in [`from_config`] (and, for a source
-//! behind a cargo feature, a `cfg(not(feature))` arm that says it was left
-//! out), its name in [`KNOWN`], and, for hostname auto-detection (a registry
-//! with no configured source and no stored login), a call in [`detect`],
-//! which today asks the ECR detector alone: a second one is chained there by
-//! hand. See "How to add a source" in docs/architecture.md.
+//! # How to add a source
+//!
+//! One file here and one entry in [`SOURCES`]:
+//!
+//! 1. `sources/<name>.rs`: the `[[registry]]` settings as a struct with
+//!    `#[serde(deny_unknown_fields)]`, a type that implements [`Source`],
+//!    and `pub const DESCRIPTOR: Descriptor` with its name, its settings
+//!    parser and, for zero-config hostnames, its detector. Messages go
+//!    through [`text`] (printable, bounded); HTTP through [`Context::http`];
+//!    time through [`Context::clock`].
+//! 2. A line in [`SOURCES`]: `<name>::DESCRIPTOR`. For a source behind a
+//!    cargo feature, the `cfg`'d line and its `Descriptor::left_out` twin,
+//!    so a build without it says so instead of "unknown source".
+//!
+//! The config parser ([`from_config`]), the list of names in its errors,
+//! and hostname detection ([`detect`]) all read the table. Detection asks
+//! each source's detector in table order and takes the first answer, so a
+//! narrower detector goes before a broader one.
 //!
 //! Errors name the source and the registry and say what to do next. They
 //! never carry a secret, and never anything a command printed on stdout.
@@ -22,6 +33,9 @@
 #[cfg(feature = "ecr")]
 pub mod ecr;
 pub mod exec;
+#[cfg(feature = "http")]
+pub mod http;
+pub mod text;
 
 use std::fmt;
 use std::future::Future;
@@ -32,6 +46,8 @@ use std::time::{Duration, SystemTime};
 use regent_shared::Secret;
 pub use regent_shared::protocol::CallerEnv;
 use regent_shared::registry::RegistryKey;
+
+use crate::clock::{Clock, SystemClock};
 
 /// A boxed future, so that [`Source`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -135,13 +151,30 @@ impl SecretLookup for NoSecrets {
 #[derive(Clone)]
 pub struct Context {
     pub secrets: Arc<dyn SecretLookup>,
+    /// The wall clock: expiry times, and claims such as a JWT's `iat`.
+    pub clock: Arc<dyn Clock>,
+    /// The one HTTP client, built on first use.
+    #[cfg(feature = "http")]
+    pub http: http::Http,
 }
 
 impl Context {
-    pub fn without_secrets() -> Context {
+    /// The real clock and a fresh HTTP client.
+    pub fn new(secrets: Arc<dyn SecretLookup>) -> Context {
         Context {
-            secrets: Arc::new(NoSecrets),
+            secrets,
+            clock: Arc::new(SystemClock),
+            #[cfg(feature = "http")]
+            http: http::Http::new(),
         }
+    }
+
+    pub fn without_secrets() -> Context {
+        Context::new(Arc::new(NoSecrets))
+    }
+
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Context {
+        Context { clock, ..self }
     }
 }
 
@@ -173,38 +206,105 @@ pub trait Source: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Token, SourceError>>;
 }
 
-/// The source for one `[[registry]]` entry of the config file. `settings`
-/// is the entry without `match` and `source`.
-pub fn from_config(name: &str, settings: toml::Table) -> Result<Arc<dyn Source>, String> {
-    match name {
-        "exec" => exec::Exec::from_settings(settings).map(|s| Arc::new(s) as Arc<dyn Source>),
-        #[cfg(feature = "ecr")]
-        "ecr" => ecr::Ecr::from_settings(settings).map(|s| Arc::new(s) as Arc<dyn Source>),
-        #[cfg(not(feature = "ecr"))]
-        "ecr" => {
-            drop(settings);
-            Err("this regent was built without the ecr source (cargo feature \"ecr\")".into())
+/// Builds the source of one `[[registry]]` entry from its settings.
+pub type FromSettings = fn(toml::Table) -> Result<Arc<dyn Source>, String>;
+
+/// The zero-config source for a registry key, if the host is recognised.
+pub type Detect = fn(&RegistryKey) -> Option<Arc<dyn Source>>;
+
+/// A kind of source: what the config's `source = "<name>"` names.
+pub struct Descriptor {
+    pub name: &'static str,
+    /// Builds the source of one `[[registry]]` entry from its settings (the
+    /// entry without `match` and `source`); the message says what is wrong.
+    /// `None`: this build left the source out.
+    pub from_settings: Option<FromSettings>,
+    /// The zero-config source for a registry key, if this kind recognises
+    /// the host.
+    pub detect: Option<Detect>,
+    /// The cargo feature that builds it.
+    pub feature: Option<&'static str>,
+}
+
+impl Descriptor {
+    /// The entry of a source that this build left out (its cargo `feature`
+    /// was off).
+    pub const fn left_out(name: &'static str, feature: &'static str) -> Descriptor {
+        Descriptor {
+            name,
+            from_settings: None,
+            detect: None,
+            feature: Some(feature),
         }
-        other => Err(format!(
-            "unknown source {other:?}; the sources are: {}",
-            KNOWN.join(", ")
-        )),
     }
 }
 
-/// Every name [`from_config`] accepts.
-pub const KNOWN: &[&str] = &["exec", "ecr"];
-
-/// The source a registry gets with zero configuration, from its hostname
-/// (ECR and ECR Public hosts so far), if any.
-pub fn detect(key: &RegistryKey) -> Option<Arc<dyn Source>> {
+/// Every kind of source, in the order detectors are asked.
+pub const SOURCES: &[Descriptor] = &[
+    exec::DESCRIPTOR,
     #[cfg(feature = "ecr")]
-    return ecr::detect(key).map(|s| Arc::new(s) as Arc<dyn Source>);
+    ecr::DESCRIPTOR,
     #[cfg(not(feature = "ecr"))]
-    {
-        let _ = key;
-        None
+    Descriptor::left_out("ecr", "ecr"),
+];
+
+/// A `[[registry]]` entry whose source cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("unknown source {name:?}; the sources are: {}", names().join(", "))]
+    Unknown { name: String },
+    #[error("this regent was built without the {name} source (cargo feature {feature:?})")]
+    LeftOut {
+        name: &'static str,
+        feature: &'static str,
+    },
+    /// The source's own account of its settings.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The names [`from_config`] accepts.
+pub fn names() -> Vec<&'static str> {
+    SOURCES.iter().map(|d| d.name).collect()
+}
+
+/// The source for one `[[registry]]` entry of the config file. `settings`
+/// is the entry without `match` and `source`.
+pub fn from_config(name: &str, settings: toml::Table) -> Result<Arc<dyn Source>, BuildError> {
+    build_in(SOURCES, name, settings)
+}
+
+/// The source a registry gets with zero configuration, from its hostname:
+/// the first detector in [`SOURCES`] that recognises it.
+pub fn detect(key: &RegistryKey) -> Option<Arc<dyn Source>> {
+    detect_in(SOURCES, key)
+}
+
+fn build_in(
+    table: &[Descriptor],
+    name: &str,
+    settings: toml::Table,
+) -> Result<Arc<dyn Source>, BuildError> {
+    let kind = table
+        .iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| BuildError::Unknown {
+            name: name.to_owned(),
+        })?;
+    match kind.from_settings {
+        Some(build) => build(settings).map_err(BuildError::Invalid),
+        None => Err(BuildError::LeftOut {
+            name: kind.name,
+            feature: kind.feature.unwrap_or(kind.name),
+        }),
     }
+}
+
+fn detect_in(table: &[Descriptor], key: &RegistryKey) -> Option<Arc<dyn Source>> {
+    table
+        .iter()
+        .filter_map(|d| d.detect)
+        .find_map(|detect| detect(key))
 }
 
 /// A stable digest of a source's settings, for cache keys: a changed
@@ -231,4 +331,94 @@ pub fn identity_digest(env: &CallerEnv, names: impl Fn(&str) -> bool) -> String 
     }
     let digest = h.finalize();
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use regent_shared::registry::canonical;
+
+    /// A source that only says its name.
+    struct Named(&'static str);
+
+    impl Source for Named {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn cache_key(&self, _req: &SourceRequest) -> String {
+            String::new()
+        }
+        fn fetch<'a>(
+            &'a self,
+            _req: &'a SourceRequest,
+            _ctx: &'a Context,
+        ) -> BoxFuture<'a, Result<Token, SourceError>> {
+            Box::pin(async { Err(SourceError::permanent("not here")) })
+        }
+    }
+
+    const NARROW: Descriptor = Descriptor {
+        name: "narrow",
+        from_settings: Some(|settings| match settings.is_empty() {
+            true => Ok(Arc::new(Named("narrow"))),
+            false => Err("no settings, please".to_owned()),
+        }),
+        detect: Some(|key| (key.host() == "a.example").then(|| Arc::new(Named("narrow")) as _)),
+        feature: None,
+    };
+    const BROAD: Descriptor = Descriptor {
+        name: "broad",
+        from_settings: None,
+        detect: Some(|key| {
+            key.host()
+                .ends_with("example")
+                .then(|| Arc::new(Named("broad")) as _)
+        }),
+        feature: Some("broad-feature"),
+    };
+    const TABLE: &[Descriptor] = &[NARROW, BROAD, Descriptor::left_out("gone", "gone")];
+
+    fn detected(host: &str) -> Option<&'static str> {
+        detect_in(TABLE, &canonical(host).unwrap()).map(|s| s.name())
+    }
+
+    #[test]
+    fn detectors_are_asked_in_table_order() {
+        assert_eq!(detected("a.example"), Some("narrow"));
+        assert_eq!(detected("b.example"), Some("broad"));
+        assert_eq!(detected("c.test"), None);
+    }
+
+    #[test]
+    fn building_reads_the_table() {
+        let built = build_in(TABLE, "narrow", toml::Table::new()).unwrap();
+        assert_eq!(built.name(), "narrow");
+        let mut settings = toml::Table::new();
+        settings.insert("x".into(), 1.into());
+        let e = build_in(TABLE, "narrow", settings).err().unwrap();
+        assert_eq!(e.to_string(), "no settings, please");
+        let e = build_in(TABLE, "gone", toml::Table::new()).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "this regent was built without the gone source (cargo feature \"gone\")"
+        );
+        let e = build_in(TABLE, "broad", toml::Table::new()).err().unwrap();
+        assert!(
+            e.to_string().contains("(cargo feature \"broad-feature\")"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_source_lists_the_known_ones() {
+        let e = from_config("frob", toml::Table::new()).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "unknown source \"frob\"; the sources are: {}",
+                names().join(", ")
+            )
+        );
+        assert_eq!(names()[..2], ["exec", "ecr"]);
+    }
 }

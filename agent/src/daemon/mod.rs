@@ -1,0 +1,285 @@
+//! `regent agent`: the agent's life from start to exit.
+//!
+//! Before any of this, [`crate::environ::prepare`] re-executes the agent with
+//! its own clean environment when the one it was given holds more.
+//!
+//! 1. Harden the process (no core dumps, not ptrace-able by the same user).
+//! 2. Read the config; create the session keyring if the kernel keyring is the
+//!    store (before any thread exists).
+//! 3. Detach from the caller's session when started by a client.
+//! 4. Check the socket path and its directory (`paths::ensure_socket_dir`,
+//!    `paths::check_socket_file`): nothing is created or changed in a
+//!    directory that fails them.
+//! 5. Take the store lock, `<data dir>/agent.lock` (the data directory created
+//!    0700 if missing): one agent per store, whichever socket each session
+//!    uses. It is held for the agent's whole life and holds its pid and
+//!    socket, which clients of other sessions read to reach this agent. A
+//!    held lock stops the start with the holder's pid and socket; a second
+//!    agent spawned in a race for the same socket reports the first one as
+//!    ready and exits.
+//! 6. Open the store and the index, load what can be loaded.
+//! 7. Listen: on the socket systemd handed over (socket activation), or bind
+//!    the socket path after removing a stale socket of ours that refuses
+//!    connections (anything else there is refused, never removed).
+//! 8. Say "ready": `READY=1` to systemd, and the ready line on stdout to the
+//!    client that spawned us, whose pipe is then let go.
+//! 9. Serve until `Quit`, SIGTERM or SIGINT, or until the socket it bound is
+//!    removed or replaced (an agent nobody can reach must not keep the store
+//!    locked); then remove the socket if it is still ours. SIGHUP re-reads
+//!    the config's token sources (as `regent reload` does).
+
+use std::io::{self, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use regent_shared::client::{ERROR_PREFIX, READY_LINE};
+use regent_shared::paths::{self, DirState};
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::credentials::{CredentialTable, now_unix};
+use crate::refresh::{Engine, Policy};
+use crate::sources;
+use crate::store::index::Index;
+use crate::store::select::{self, Choice, StoreContext};
+
+mod listen;
+mod lock;
+mod logging;
+mod process;
+pub mod server;
+mod signals;
+pub mod state;
+
+use lock::{Lock, StoreLock};
+use state::AgentState;
+
+/// Runs the agent. `foreground`: attached to the terminal or a supervisor,
+/// logging to stderr. Otherwise it was spawned by a client, which reads the
+/// ready line from our stdout.
+pub fn run(foreground: bool) -> ExitCode {
+    let spawned = !foreground && !io::stdout().is_terminal();
+    // First of all: this may execute the agent anew with a clean environment.
+    let started = crate::environ::prepare().and_then(|()| {
+        if !foreground && !spawned {
+            eprintln!(
+                "regent: running in the foreground; use `regent start` to run the agent in \
+                     the background"
+            );
+        }
+        start(spawned)
+    });
+    match started {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            tracing::error!("{msg}");
+            if spawned {
+                println!("{ERROR_PREFIX}{msg}");
+            } else {
+                eprintln!("regent: {msg}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Steps 1 to 9 of the module docs, in order.
+fn start(spawned: bool) -> anyhow::Result<ExitCode> {
+    process::harden();
+    let settings = Settings::load()?;
+    let choice = store_choice(&settings)?;
+    if spawned {
+        process::detach();
+    }
+    let socket = checked_socket()?;
+    let data_dir = paths::data_dir();
+    let Some(store_lock) = lock_store(&data_dir, &socket, spawned)? else {
+        // Another agent for our socket won a start race and is ready.
+        return Ok(ExitCode::SUCCESS);
+    };
+    let log = logging::init(!spawned, &settings.log)?;
+    tracing::info!(
+        pid = std::process::id(),
+        version = env!("CARGO_PKG_VERSION"),
+        "agent starting"
+    );
+    tracing::info!(memory = %process::lock_memory(), "secret pages");
+    let (credentials, store_reason) = open_store(choice, data_dir, &settings)?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .thread_name("regent")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let opened = Opened {
+        settings,
+        credentials,
+        store_reason,
+        log,
+        store_lock,
+    };
+    runtime.block_on(serve(opened, socket, spawned))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The store the config asks for; the kernel keyring's session keyring is
+/// made here, before any thread exists.
+fn store_choice(settings: &Settings) -> anyhow::Result<Choice> {
+    let choice: Choice = settings.store.parse().map_err(|e| {
+        anyhow!(
+            "{e} (from REGENT_STORE or `store` in {})",
+            settings.path.display()
+        )
+    })?;
+    #[cfg(target_os = "linux")]
+    if choice == Choice::Kind(crate::store::StoreKind::Keyutils)
+        && let Err(e) = crate::store::keyutils::prepare_process()
+    {
+        eprintln!("regent: {e}");
+    }
+    Ok(choice)
+}
+
+/// The socket path, once it and its directory pass the checks.
+fn checked_socket() -> anyhow::Result<PathBuf> {
+    let socket = paths::socket_path();
+    if let DirState::Tightened(mode) = paths::ensure_socket_dir(&socket)? {
+        eprintln!(
+            "regent: {} had mode {mode:o}; it is regent's own socket directory, so regent set it to 700",
+            paths::runtime_dir(&socket).display()
+        );
+    }
+    paths::check_socket_file(&socket)?;
+    Ok(socket)
+}
+
+/// The store lock, or `None` when another agent spawned for our socket in
+/// the same race holds it and listens (reported to the client as ready).
+fn lock_store(data_dir: &Path, socket: &Path, spawned: bool) -> anyhow::Result<Option<StoreLock>> {
+    let (pid, theirs) = match StoreLock::acquire(data_dir, socket)? {
+        Lock::Acquired(lock) => return Ok(Some(lock)),
+        Lock::Held { pid, socket } => (pid, socket),
+    };
+    if spawned && theirs == socket.as_os_str().as_encoded_bytes() {
+        // Another agent for our socket won the race; the client can use it
+        // once it listens.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                println!("{READY_LINE} {pid}");
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    bail!(
+        "the store in {} is already served by another regent agent (pid {pid}, socket {}; lock {}): \
+         one agent serves a store, so use that one (REGENT_SOCKET={}) or stop it with `regent stop` first",
+        data_dir.display(),
+        String::from_utf8_lossy(&theirs),
+        paths::store_lock_path(data_dir).display(),
+        String::from_utf8_lossy(&theirs)
+    );
+}
+
+/// The store and its index, loaded; and why this store was chosen.
+fn open_store(
+    choice: Choice,
+    data_dir: PathBuf,
+    settings: &Settings,
+) -> anyhow::Result<(Arc<CredentialTable>, String)> {
+    let ctx = StoreContext {
+        data_dir,
+        config_dir: paths::config_dir(),
+        keyring_service: settings.keyring_service.clone(),
+    };
+    let opened = select::open(choice, &ctx)?;
+    tracing::info!(store = %opened.backend.kind(), reason = %opened.reason, "store opened");
+    let index = Index::load(opened.index_path.clone())?;
+    let credentials = Arc::new(CredentialTable::open(opened.backend, index)?);
+    tracing::info!(config = %settings.path.display(), rules = settings.rules.len(), "token sources configured");
+    Ok((credentials, opened.reason))
+}
+
+/// What the synchronous steps hand to the serving ones.
+struct Opened {
+    settings: Settings,
+    credentials: Arc<CredentialTable>,
+    store_reason: String,
+    log: Option<PathBuf>,
+    store_lock: StoreLock,
+}
+
+/// Listens, says ready, and serves until told to stop; then removes the
+/// socket if it is still ours.
+async fn serve(opened: Opened, socket: PathBuf, spawned: bool) -> anyhow::Result<()> {
+    let Opened {
+        settings,
+        credentials,
+        store_reason,
+        log,
+        mut store_lock,
+    } = opened;
+    let (listener, bound) = listen::listen(&socket)?;
+    let activated = bound.is_none();
+    // Where clients of other sessions find us: the path systemd bound, when
+    // it handed the socket over.
+    let socket = match listener.local_addr() {
+        Ok(addr) if activated => addr.as_pathname().map_or(socket, Path::to_path_buf),
+        _ => socket,
+    };
+    if activated && let Err(e) = store_lock.advertise(&socket) {
+        tracing::warn!(lock = %store_lock.path.display(), "cannot write the socket into the store lock: {e}");
+    }
+    let state = agent_state(settings, credentials, store_reason, log, &socket);
+    signals::watch(state.clone())?;
+    if let Some(id) = bound {
+        listen::watch_socket(state.clone(), socket.clone(), id);
+    }
+    process::announce_ready(spawned);
+    tracing::info!(socket = %socket.display(), activated, "listening");
+    server::serve(listener, state).await;
+    if let Some(id) = bound {
+        listen::remove_if_ours(&socket, id);
+    }
+    drop(store_lock);
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+fn agent_state(
+    settings: Settings,
+    credentials: Arc<CredentialTable>,
+    store_reason: String,
+    log: Option<PathBuf>,
+    socket: &Path,
+) -> Arc<AgentState> {
+    let config = if settings.file_present {
+        settings.path.display().to_string()
+    } else {
+        format!("{} (not present)", settings.path.display())
+    };
+    let engine = Engine::new(
+        Policy::default(),
+        sources::Context::new(credentials.clone()),
+    );
+    let (shutdown, _) = watch::channel(false);
+    Arc::new(AgentState {
+        credentials,
+        engine,
+        rules: RwLock::new(Arc::new(settings.rules)),
+        config_path: settings.path,
+        socket: socket.display().to_string(),
+        store_reason,
+        config: Some(config),
+        log: log.map(|p| p.display().to_string()),
+        started_unix: now_unix(),
+        started: Instant::now(),
+        uid: paths::current_uid(),
+        shutdown,
+    })
+}
