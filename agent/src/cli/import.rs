@@ -21,7 +21,7 @@
 //! entries to choose between.
 //!
 //! A changed file is backed up first as `<file>.regent-bak.<time>`, mode
-//! 0600 (see [`crate::clientconf`]): the backup holds the plaintext that was
+//! 0600 (see [`super::clientconf`]): the backup holds the plaintext that was
 //! removed, and the output says so and where. `--no-backup` keeps none.
 //! A file named on the command line that does not exist is an error.
 
@@ -39,9 +39,8 @@ use serde::Serialize;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
+use super::clientconf::{self, BACKUP_MODE, HELPER_NAME, JsonFile, dropin_paths};
 use crate::cli::outln;
-use crate::clientconf::{self, BACKUP_MODE, JsonFile};
-use crate::setup::{HELPER_NAME, dropin_paths};
 
 pub struct Args {
     pub files: Vec<PathBuf>,

@@ -22,7 +22,11 @@ use regent_shared::protocol::{EntryInfo, Request, Response, StatusInfo};
 
 use crate::config::Settings;
 use crate::credentials::now_unix;
-use crate::{daemon, import, named_secrets, setup};
+use crate::{daemon, named_secrets};
+
+mod clientconf;
+mod import;
+mod setup;
 
 /// Exit status of `regent status` when no agent is running (as `systemctl status`).
 const EXIT_NOT_RUNNING: u8 = 3;

@@ -20,7 +20,7 @@
 //!
 //! What was there before (a previous `credsStore`, `credHelpers` entry) is
 //! recorded in `<state dir>/setup.json`, which `--undo` reads to restore it.
-//! Every change is idempotent; files are written as [`crate::clientconf`]
+//! Every change is idempotent; files are written as [`super::clientconf`]
 //! describes (backup, atomic replace).
 
 use std::collections::BTreeMap;
@@ -32,13 +32,9 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::clientconf::{self, HELPER_NAME, JsonFile, dropin_paths};
 use crate::cli::{out, outln};
-use crate::clientconf::{self, JsonFile};
 
-/// The helper name clients are given: they run `docker-credential-regent`.
-pub const HELPER_NAME: &str = "regent";
-/// The drop-in file name in `registries.conf.d`.
-pub const DROPIN_NAME: &str = "50-regent.conf";
 const DROPIN_MARKER: &str = "# Written by `regent setup podman`";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -396,23 +392,6 @@ fn undo_docker(state: &mut State, dry_run: bool) -> anyhow::Result<()> {
         state.docker = Some(record);
     }
     Ok(())
-}
-
-/// Where the drop-in goes. podman 4, buildah and skopeo read
-/// `$HOME/.config/containers/registries.conf.d` whatever `XDG_CONFIG_HOME`
-/// says (containers/image#1647); newer releases may follow
-/// `XDG_CONFIG_HOME`. When the two differ, regent writes both.
-pub fn dropin_paths() -> Vec<PathBuf> {
-    let mut out = vec![
-        regent_shared::paths::home()
-            .join(".config/containers/registries.conf.d")
-            .join(DROPIN_NAME),
-        clientconf::containers_config_dir()
-            .join("registries.conf.d")
-            .join(DROPIN_NAME),
-    ];
-    out.dedup();
-    out
 }
 
 /// Drop-ins written by an older regent, whose `credential-helpers` put the
