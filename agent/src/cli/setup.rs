@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::clientconf::{self, HELPER_NAME, JsonFile, dropin_paths};
-use crate::cli::{out, outln};
+use super::output::{out, outln};
 
 const DROPIN_MARKER: &str = "# Written by `regent setup podman`";
 
@@ -45,11 +45,20 @@ pub enum Client {
     Podman,
 }
 
+#[derive(clap::Args)]
 pub struct Args {
-    pub clients: Vec<Client>,
-    pub helper_for: Vec<String>,
-    pub dry_run: bool,
-    pub undo: bool,
+    /// The clients to set up; none: every client found on this machine.
+    #[arg(value_enum)]
+    clients: Vec<Client>,
+    /// Use regent for this registry only (docker `credHelpers`); repeatable.
+    #[arg(long, value_name = "HOST")]
+    helper_for: Vec<String>,
+    /// Print what would change, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Restore what `regent setup` changed.
+    #[arg(long)]
+    undo: bool,
 }
 
 /// What `--undo` needs to know, kept in the state directory.
