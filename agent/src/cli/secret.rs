@@ -25,7 +25,7 @@ enum Command {
     Set {
         name: String,
         /// Never the value: anything after NAME is refused without being
-        /// shown (see `usage_error`).
+        /// shown (see `usage_error` in `cli/mod.rs`).
         #[arg(hide = true, num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true)]
         rest: Vec<OsString>,
     },
