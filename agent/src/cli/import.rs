@@ -21,7 +21,7 @@
 //! entries to choose between.
 //!
 //! A changed file is backed up first as `<file>.regent-bak.<time>`, mode
-//! 0600 (see [`crate::clientconf`]): the backup holds the plaintext that was
+//! 0600 (see [`super::clientconf`]): the backup holds the plaintext that was
 //! removed, and the output says so and where. `--no-backup` keeps none.
 //! A file named on the command line that does not exist is an error.
 
@@ -39,17 +39,27 @@ use serde::Serialize;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use crate::cli::outln;
-use crate::clientconf::{self, BACKUP_MODE, JsonFile};
-use crate::setup::{HELPER_NAME, dropin_paths};
+use super::call;
+use super::clientconf::{self, BACKUP_MODE, HELPER_NAME, JsonFile, dropin_paths};
+use super::output::outln;
 
+#[derive(clap::Args)]
 pub struct Args {
-    pub files: Vec<PathBuf>,
-    pub keep: bool,
-    pub dry_run: bool,
-    pub json: bool,
-    /// Back up each file before it is changed.
-    pub backup: bool,
+    /// Files to import from; none: docker's config.json and every containers auth.json.
+    files: Vec<PathBuf>,
+    /// Leave the entries in the files.
+    #[arg(long)]
+    keep: bool,
+    /// Show what would be imported, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+    /// Keep no backup of the files changed (a backup holds the plaintext
+    /// credentials that were removed).
+    #[arg(long)]
+    no_backup: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +99,7 @@ struct Candidate {
     secret: Secret,
 }
 
-pub fn run(args: Args, opts: &client::Options) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let files: Vec<(PathBuf, Flavor)> = if args.files.is_empty() {
         let mut files = vec![(clientconf::docker_config_path(), Flavor::Docker)];
         for path in clientconf::containers_auth_paths() {
@@ -209,7 +219,7 @@ pub fn run(args: Args, opts: &client::Options) -> anyhow::Result<ExitCode> {
         let c = match &mut conn {
             Some(c) => c,
             None => {
-                let (c, _) = client::call_with(opts, &Request::Status)?;
+                let (c, _) = client::call_with(&call::starting_options(), &Request::Status)?;
                 conn.insert(c)
             }
         };
@@ -274,11 +284,11 @@ pub fn run(args: Args, opts: &client::Options) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        let backup = if args.backup {
-            file.save()?
-        } else {
+        let backup = if args.no_backup {
             file.save_without_backup()?;
             None
+        } else {
+            file.save()?
         };
         let path = file.path.display().to_string();
         if !args.json {

@@ -1,5 +1,7 @@
 //! Reading and rewriting the clients' own files: docker's `config.json`,
-//! containers' `auth.json` and `registries.conf.d` drop-ins.
+//! containers' `auth.json` and `registries.conf.d` drop-ins. Where each
+//! lives, and [`HELPER_NAME`], the name those files give regent, are here
+//! too, for `regent setup` and `regent import` alike.
 //!
 //! Every rewrite is careful in the same ways: a file that cannot be read or
 //! parsed is an error and is never overwritten; the old contents are copied
@@ -25,6 +27,10 @@ use serde_json::{Map, Value};
 pub const BACKUP_SUFFIX: &str = ".regent-bak";
 /// The mode of every backup: it may hold credentials.
 pub const BACKUP_MODE: u32 = 0o600;
+/// The helper name clients are given: they run `docker-credential-regent`.
+pub const HELPER_NAME: &str = "regent";
+/// The drop-in file name in `registries.conf.d`.
+const DROPIN_NAME: &str = "50-regent.conf";
 
 /// docker's client config: `$DOCKER_CONFIG/config.json`, else
 /// `~/.docker/config.json`.
@@ -58,6 +64,23 @@ pub fn containers_auth_paths() -> Vec<PathBuf> {
         ))),
     }
     out.push(containers_config_dir().join("auth.json"));
+    out.dedup();
+    out
+}
+
+/// Where the drop-in goes. podman 4, buildah and skopeo read
+/// `$HOME/.config/containers/registries.conf.d` whatever `XDG_CONFIG_HOME`
+/// says (containers/image#1647); newer releases may follow
+/// `XDG_CONFIG_HOME`. When the two differ, regent writes both.
+pub fn dropin_paths() -> Vec<PathBuf> {
+    let mut out = vec![
+        paths::home()
+            .join(".config/containers/registries.conf.d")
+            .join(DROPIN_NAME),
+        containers_config_dir()
+            .join("registries.conf.d")
+            .join(DROPIN_NAME),
+    ];
     out.dedup();
     out
 }

@@ -20,7 +20,7 @@
 //!
 //! What was there before (a previous `credsStore`, `credHelpers` entry) is
 //! recorded in `<state dir>/setup.json`, which `--undo` reads to restore it.
-//! Every change is idempotent; files are written as [`crate::clientconf`]
+//! Every change is idempotent; files are written as [`super::clientconf`]
 //! describes (backup, atomic replace).
 
 use std::collections::BTreeMap;
@@ -32,13 +32,9 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cli::{out, outln};
-use crate::clientconf::{self, JsonFile};
+use super::clientconf::{self, HELPER_NAME, JsonFile, dropin_paths};
+use super::output::{out, outln};
 
-/// The helper name clients are given: they run `docker-credential-regent`.
-pub const HELPER_NAME: &str = "regent";
-/// The drop-in file name in `registries.conf.d`.
-pub const DROPIN_NAME: &str = "50-regent.conf";
 const DROPIN_MARKER: &str = "# Written by `regent setup podman`";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -49,11 +45,20 @@ pub enum Client {
     Podman,
 }
 
+#[derive(clap::Args)]
 pub struct Args {
-    pub clients: Vec<Client>,
-    pub helper_for: Vec<String>,
-    pub dry_run: bool,
-    pub undo: bool,
+    /// The clients to set up; none: every client found on this machine.
+    #[arg(value_enum)]
+    clients: Vec<Client>,
+    /// Use regent for this registry only (docker `credHelpers`); repeatable.
+    #[arg(long, value_name = "HOST")]
+    helper_for: Vec<String>,
+    /// Print what would change, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Restore what `regent setup` changed.
+    #[arg(long)]
+    undo: bool,
 }
 
 /// What `--undo` needs to know, kept in the state directory.
@@ -396,23 +401,6 @@ fn undo_docker(state: &mut State, dry_run: bool) -> anyhow::Result<()> {
         state.docker = Some(record);
     }
     Ok(())
-}
-
-/// Where the drop-in goes. podman 4, buildah and skopeo read
-/// `$HOME/.config/containers/registries.conf.d` whatever `XDG_CONFIG_HOME`
-/// says (containers/image#1647); newer releases may follow
-/// `XDG_CONFIG_HOME`. When the two differ, regent writes both.
-pub fn dropin_paths() -> Vec<PathBuf> {
-    let mut out = vec![
-        regent_shared::paths::home()
-            .join(".config/containers/registries.conf.d")
-            .join(DROPIN_NAME),
-        clientconf::containers_config_dir()
-            .join("registries.conf.d")
-            .join(DROPIN_NAME),
-    ];
-    out.dedup();
-    out
 }
 
 /// Drop-ins written by an older regent, whose `credential-helpers` put the
