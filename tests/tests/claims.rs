@@ -457,7 +457,7 @@ fn wait_closed(mut s: UnixStream, bound: Duration, what: &str) -> Vec<u8> {
 
 #[test]
 fn slow_peers_are_cut_off_by_timeouts() {
-    // The agent's bounds (agent/src/server.rs): the Hello within
+    // The agent's bounds (agent/src/daemon/server/): the Hello within
     // HANDSHAKE_TIMEOUT (5 s), each frame within FRAME_TIMEOUT (10 s) of its
     // first byte, the next request within IDLE_TIMEOUT (60 s). The
     // assertions only detect a connection kept open far beyond them.
