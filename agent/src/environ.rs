@@ -48,7 +48,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, anyhow, bail};
 use zeroize::Zeroizing;
 
-use crate::store::file::MASTER_KEY_ENV;
+/// Environment variable holding a base64 master key for the file store;
+/// never kept in the agent's environment (see [`master_key`]).
+pub const MASTER_KEY_ENV: &str = "REGENT_MASTER_KEY";
 
 /// Variables the agent keeps, by exact name.
 pub const KEPT: &[&str] = &[

@@ -67,12 +67,12 @@ use super::atomic::{create_new_atomic, write_atomic};
 use super::backend::{Backend, Op, StoreError, StoreKind, apply_to_map, snapshot};
 use super::keyring::{KeyringBackend, OS_KEYRING_NAME, internal_service, probe, run_with_timeout};
 
+use crate::environ::MASTER_KEY_ENV;
+
 /// The encrypted file, in the data directory.
 pub const SECRETS_FILE: &str = "secrets.enc";
 /// The key file, in the config directory.
 pub const KEY_FILE: &str = "master.key";
-/// Environment variable holding a base64 master key.
-pub const MASTER_KEY_ENV: &str = "REGENT_MASTER_KEY";
 /// The keyring user name of the master key entry.
 pub const KEYRING_KEY_USER: &str = "file-master-key";
 
