@@ -27,6 +27,12 @@
 //!    removed or replaced (an agent nobody can reach must not keep the store
 //!    locked); then remove the socket if it is still ours. SIGHUP re-reads
 //!    the config's token sources (as `regent reload` does).
+//!
+//! Where each step is: 1 and 3 in `process` (`harden`, `detach`), 2
+//! `store_choice`, 4 `checked_socket`, 5 `lock_store` over `lock`, 6
+//! `open_store`, 7 `listen`, 8 `process::announce_ready`, 9 [`server`]
+//! with `signals`; the agent's shared state is [`state::AgentState`], its
+//! log set up by `logging`.
 
 use std::io::{self, IsTerminal};
 use std::path::{Path, PathBuf};

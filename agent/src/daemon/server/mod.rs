@@ -1,7 +1,7 @@
 //! The server: the accept loop and its peer check here, then for each
-//! connection the session ([`session`]: handshake, protocol check, order of
-//! answers), its bytes ([`connection`]: bounded frames, queued answers), and
-//! one handler per request ([`handlers`]).
+//! connection the session (`session`: handshake, protocol check, order of
+//! answers), its bytes (`connection`: bounded frames, queued answers), and
+//! one handler per request (`handlers`).
 //!
 //! Every connection is checked before a byte is read from it: the peer's uid
 //! must be ours. Then the first frame must be `Hello` and arrive within
