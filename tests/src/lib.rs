@@ -25,7 +25,7 @@
 //! silent pass.
 
 pub mod e2e;
-pub mod fake_ecr;
+pub mod fakes;
 pub mod secret_service;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,6 @@
 //! The ECR token source under the benchmark: a second private agent whose
 //! AWS SDK talks to the loopback fake of `GetAuthorizationToken`
-//! (`regent_tests::fake_ecr`), with static keys made at run time, empty AWS
+//! (`regent_tests::fakes::ecr`), with static keys made at run time, empty AWS
 //! config files of its own and `AWS_EC2_METADATA_DISABLED=true`. Nothing
 //! leaves 127.0.0.1.
 //!
@@ -22,7 +22,7 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use regent_tests::fake_ecr::{FakeEcr, test_keys};
+use regent_tests::fakes::ecr::{FakeEcr, test_keys};
 use serde_json::{Value, json};
 
 use crate::agent::PrivateAgent;
