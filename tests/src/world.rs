@@ -188,17 +188,13 @@ impl World {
         self.state_home.join("regent").join("agent.log")
     }
 
-    /// `regent start` (the agent executable `regent`) in this world, with
-    /// `extra` added to the agent's environment only: the agent's pid once it
-    /// answers. Its stderr is the caller's; stdin and stdout are /dev/null,
-    /// never a pipe the caller would wait on (the agent may keep what it
-    /// inherits).
-    pub fn start_agent(&self, regent: &Path, extra: &[(&str, OsString)]) -> Result<u32, String> {
-        let mut cmd = self.command(regent);
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let status = cmd
+    /// `regent start` (the agent executable `regent`) in this world: the
+    /// agent's pid once it answers. Its stderr is the caller's; stdin and
+    /// stdout are /dev/null, never a pipe the caller would wait on (the agent
+    /// may keep what it inherits).
+    pub fn start_agent(&self, regent: &Path) -> Result<u32, String> {
+        let status = self
+            .command(regent)
             .arg("start")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
