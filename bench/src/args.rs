@@ -43,7 +43,7 @@ pub struct Args {
     /// Print one JSON object instead of the table
     #[arg(long)]
     pub json: bool,
-    /// Only the above (no ECR, no load section)
+    /// Only the helper, the floors, sizes and RSS: no ECR, no load section
     #[arg(long)]
     pub quick: bool,
     /// The agent executable

@@ -22,7 +22,7 @@ use regent_shared::protocol::{Request, Response};
 
 use crate::{is_alive, kill, wait_until};
 
-/// The store backend under test.
+/// The store backend of a world (under test, for [`crate::TestEnv`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
     Memory,
