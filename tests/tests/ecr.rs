@@ -1,5 +1,5 @@
 //! The `ecr` source through the real binaries, against the loopback fake of
-//! the ECR APIs (`regent_tests::fake_ecr`), plus one smoke test against
+//! the ECR APIs (`regent_tests::fakes::ecr`), plus one smoke test against
 //! moto's server. The agent gets `AWS_ENDPOINT_URL_ECR[_PUBLIC]` pointing at
 //! the fake, static keys made at test time, its own AWS config files and
 //! `AWS_EC2_METADATA_DISABLED=true`: nothing leaves 127.0.0.1. Counts, not
@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use regent_tests::fake_ecr::{
+use regent_tests::fakes::ecr::{
     FakeEcr, PRIVATE_TARGET, PUBLIC_TARGET, ROLE_KEY_ID, Reply, test_keys,
 };
 use regent_tests::{Input, Outcome, TestEnv, all_at_once, wait_until};

@@ -5,7 +5,7 @@
 //! keyed on a digest, never on a raw credential), and gives `exec` commands
 //! a documented environment that holds no other caller's variables.
 //!
-//! ECR runs against the loopback fake (`regent_tests::fake_ecr`), whose
+//! ECR runs against the loopback fake (`regent_tests::fakes::ecr`), whose
 //! passwords carry the access key id that signed the call. Reading another
 //! process's environment needs root (the agent is non-dumpable): without
 //! it those tests report a skip.
@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use regent_tests::fake_ecr::{FakeEcr, test_keys};
+use regent_tests::fakes::ecr::{FakeEcr, test_keys};
 use regent_tests::{
     Input, Outcome, StoreKind, TestEnv, contains, is_root, random_secret, skip, wait_until,
 };

@@ -1,6 +1,6 @@
 //! The ECR token source under the benchmark: a second private agent whose
 //! AWS SDK talks to the loopback fake of `GetAuthorizationToken`
-//! (`regent_tests::fake_ecr`), with static keys made at run time, empty AWS
+//! (`regent_tests::fakes::ecr`), with static keys made at run time, empty AWS
 //! config files of its own and `AWS_EC2_METADATA_DISABLED=true`. Nothing
 //! leaves 127.0.0.1.
 //!
@@ -8,7 +8,7 @@
 //!
 //! - `get` of an ECR host served from the agent's token cache, timed in the
 //!   main round-robin beside the static credential's `get` and the floor
-//!   (the caller adds [`EcrBench::subject_proc`] as a kind);
+//!   (the caller adds [`EcrBench::subject`] as a kind);
 //! - a run with short token lifetimes: `--ecr-gets` sequential helper gets
 //!   of another region's host, counting the calls that reach the token
 //!   endpoint against one per half-lifetime (the refresh policy of
@@ -22,11 +22,15 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use regent_tests::fake_ecr::{FakeEcr, test_keys};
+use regent_tests::fakes::ecr::{FakeEcr, test_keys};
 use serde_json::{Value, json};
 
 use crate::agent::PrivateAgent;
-use crate::bench::{Proc, mark, progress};
+use crate::args::EcrOptions;
+use crate::proc::{Proc, run_capture, shorten};
+use crate::progress;
+use crate::report::mark;
+use crate::timing::{Subject, check_helper_answer};
 
 /// The host timed side by side with the static credential (token cached).
 pub const HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
@@ -115,31 +119,58 @@ impl EcrBench {
         })
     }
 
-    /// `docker-credential-regent get` against this agent.
-    pub fn subject_proc(&self, helper: &Path) -> Proc {
-        self.agent.proc(helper, &["get"])
-    }
-
-    pub fn agent_pid(&self) -> u32 {
-        self.agent.pid
-    }
-
-    /// Called after the cold fetch (the verify pass), before timing.
-    pub fn mark_timing_start(&mut self) {
+    /// The ECR `get` as a kind of the round-robin, once the cold fetch
+    /// (untimed, here) showed it fit to be timed; else why not.
+    pub fn subject(&mut self, helper: &Path, runs: usize) -> Result<Subject, String> {
+        let s = Subject::new(
+            "ecr",
+            format!("docker-credential-regent get {HOST} (ECR token cached by the second agent)"),
+            self.agent.proc(helper, &["get"]),
+            HOST.as_bytes(),
+            runs,
+        );
+        let out = run_capture(&s.proc, &s.input)?;
+        if let Some(problem) = check_helper_answer(&out) {
+            return Err(format!("the ECR `get` is not fit to be timed: {problem}"));
+        }
         self.calls_before_timing = self.fake.calls();
+        Ok(s)
     }
 
-    /// Calls to the token endpoint since [`EcrBench::mark_timing_start`].
-    pub fn calls_during_timing(&self) -> usize {
-        self.fake.calls() - self.calls_before_timing
-    }
-
-    pub fn total_calls(&self) -> usize {
-        self.fake.calls()
+    /// The section's report, after the timing: the token-endpoint calls
+    /// during it, then the short-lifetime run (unless `--ecr-gets 0`). Stops
+    /// the agent and the fake.
+    pub fn finish(mut self, helper: &Path, opts: &EcrOptions) -> EcrReport {
+        let calls_during_timing = self.fake.calls() - self.calls_before_timing;
+        let (short, note) = if opts.ecr_gets == 0 {
+            (
+                None,
+                Some("short-lifetime run skipped (--ecr-gets 0)".to_owned()),
+            )
+        } else {
+            match self.short_run(
+                helper,
+                Duration::from_secs(opts.ecr_lifetime),
+                opts.ecr_gets,
+            ) {
+                Ok(r) => (Some(r), None),
+                Err(err) => (None, Some(format!("short-lifetime run failed: {err}"))),
+            }
+        };
+        let report = EcrReport {
+            agent_pid: self.agent.pid,
+            calls_during_timing,
+            total_calls: self.fake.calls(),
+            short,
+            note,
+        };
+        self.agent.stop();
+        self.fake.kill();
+        report
     }
 
     /// `gets` sequential helper gets of a host whose tokens live `lifetime`.
-    pub fn short_run(
+    fn short_run(
         &self,
         helper: &Path,
         lifetime: Duration,
@@ -196,24 +227,15 @@ impl EcrBench {
             .filter(|c| c.region == region && c.n > 0)
             .count()
     }
-
-    pub fn stop(mut self) {
-        self.agent.stop();
-        self.fake.kill();
-    }
 }
 
 /// One helper `get`: a hash of the password it returned (never the
 /// password), or why it failed.
 fn get_token(proc: &Proc, host: &str) -> Result<u64, String> {
-    let out = crate::bench::run_capture(proc, host.as_bytes())?;
+    let out = run_capture(proc, host.as_bytes())?;
     if !out.status.success() {
         // A failing helper prints an error line, never a secret.
-        return Err(format!(
-            "exit {}: {}",
-            out.status,
-            crate::bench::shorten(&out.stdout)
-        ));
+        return Err(format!("exit {}: {}", out.status, shorten(&out.stdout)));
     }
     let answer: Value =
         serde_json::from_slice(&out.stdout).map_err(|_| "`get` did not print JSON".to_owned())?;

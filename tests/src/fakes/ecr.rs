@@ -1,6 +1,6 @@
 //! A loopback fake of the ECR and ECR Public `GetAuthorizationToken` APIs
-//! (AWS JSON 1.1 over HTTP/1.1), for tests: std only, one thread per
-//! connection, `Connection: close` on every reply.
+//! (AWS JSON 1.1) and of STS `AssumeRole`, for tests, on the HTTP fake of
+//! [`super::http`].
 //!
 //! It dispatches on `X-Amz-Target`, ignores the signature, and records what
 //! tests need to tell calls apart: the access key id and the region and
@@ -10,14 +10,15 @@
 //! answering and closes the port.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+
+use super::http::{HttpFake, Request, Response};
 
 pub const PRIVATE_TARGET: &str = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken";
 pub const PUBLIC_TARGET: &str = "SpencerFrontendService.GetAuthorizationToken";
@@ -68,14 +69,12 @@ struct Shared {
 pub struct FakeEcr {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
-    accept: Option<thread::JoinHandle<()>>,
+    http: HttpFake,
 }
 
 impl FakeEcr {
     /// Starts on 127.0.0.1 with a free port; tokens live `lifetime`.
     pub fn start(lifetime: Duration) -> FakeEcr {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake ECR");
-        let addr = listener.local_addr().expect("fake ECR address");
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 script: VecDeque::new(),
@@ -91,20 +90,11 @@ impl FakeEcr {
             dead: AtomicBool::new(false),
         });
         let s = shared.clone();
-        let accept = thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.dead.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let s = s.clone();
-                thread::spawn(move || serve(conn, &s));
-            }
-        });
+        let http = HttpFake::start(move |req| answer(req, &s));
         FakeEcr {
-            addr,
+            addr: http.addr,
             shared,
-            accept: Some(accept),
+            http,
         }
     }
 
@@ -165,63 +155,14 @@ impl FakeEcr {
     pub fn kill(&mut self) {
         self.shared.dead.store(true, Ordering::SeqCst);
         self.shared.gate.notify_all();
-        // Wake the accept loop so that it drops the listener.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2));
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
+        self.http.kill();
     }
 }
 
 impl Drop for FakeEcr {
     fn drop(&mut self) {
-        if self.accept.is_some() {
-            self.kill();
-        }
+        self.kill();
     }
-}
-
-struct Request {
-    target: String,
-    authorization: String,
-    body: String,
-}
-
-fn read_request(conn: &TcpStream) -> Option<Request> {
-    let mut reader = BufReader::new(conn.try_clone().ok()?);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    if line.trim().is_empty() {
-        return None;
-    }
-    let mut target = String::new();
-    let mut authorization = String::new();
-    let mut length = 0usize;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (name, value) = l.split_once(':')?;
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "x-amz-target" => target = value.to_owned(),
-            "authorization" => authorization = value.to_owned(),
-            "content-length" => length = value.parse().ok()?,
-            _ => {}
-        }
-    }
-    let mut body = vec![0; length.min(1 << 20)];
-    reader.read_exact(&mut body).ok()?;
-    Some(Request {
-        target,
-        authorization,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
 }
 
 /// `Credential=AKID/date/region/service/aws4_request` → (AKID, region, service).
@@ -236,24 +177,24 @@ fn credential_scope(authorization: &str) -> (String, String, String) {
     (get(0), get(2), get(3))
 }
 
-fn serve(mut conn: TcpStream, s: &Shared) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let Some(req) = read_request(&conn) else {
-        return;
-    };
+/// The reply to one request, or `None` (the connection is closed) once the
+/// fake is killed.
+fn answer(req: &Request, s: &Shared) -> Option<Response> {
     if s.dead.load(Ordering::SeqCst) {
-        return;
+        return None;
     }
-    if req.target.is_empty() && req.body.contains("Action=AssumeRole") {
-        return assume_role(conn, s, &req);
+    let target = req.header("x-amz-target").unwrap_or_default();
+    let authorization = req.header("authorization").unwrap_or_default();
+    if target.is_empty() && req.text().contains("Action=AssumeRole") {
+        return Some(assume_role(s, authorization, &req.text()));
     }
     let n = s.count.fetch_add(1, Ordering::SeqCst) + 1;
-    let (access_key_id, region, service) = credential_scope(&req.authorization);
+    let (access_key_id, region, service) = credential_scope(authorization);
     let (reply, lifetime, latency, prefix) = {
         let mut st = s.state.lock().expect("fake ECR state");
         st.calls.push(Call {
             n,
-            target: req.target.clone(),
+            target: target.to_owned(),
             access_key_id: access_key_id.clone(),
             region,
             service,
@@ -265,18 +206,18 @@ fn serve(mut conn: TcpStream, s: &Shared) {
         (reply, st.lifetime, st.latency, st.prefix.clone())
     };
     if s.dead.load(Ordering::SeqCst) {
-        return;
+        return None;
     }
     if !latency.is_zero() {
         thread::sleep(latency);
     }
-    let public = req.target == PUBLIC_TARGET;
-    let (status, body) = if req.target != PRIVATE_TARGET && !public {
+    let public = target == PUBLIC_TARGET;
+    let (status, body) = if target != PRIVATE_TARGET && !public {
         (
             400,
             error_body(
                 "UnknownOperationException",
-                &format!("unknown target {:?}", req.target),
+                &format!("unknown target {target:?}"),
             ),
         )
     } else {
@@ -323,28 +264,18 @@ fn serve(mut conn: TcpStream, s: &Shared) {
             Reply::ServerError => (500, error_body("ServerException", "internal failure")),
         }
     };
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        _ => "Internal Server Error",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/x-amz-json-1.1\r\n\
-         Content-Length: {}\r\nx-amzn-RequestId: fake-{n}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = conn.write_all(head.as_bytes());
-    let _ = conn.write_all(body.as_bytes());
-    let _ = conn.flush();
+    Some(
+        Response::new(status, "application/x-amz-json-1.1", body)
+            .with_header("x-amzn-RequestId", &format!("fake-{n}")),
+    )
 }
 
 /// STS `AssumeRole` (query protocol, XML reply): temporary keys whose id
 /// is [`ROLE_KEY_ID`]. Not counted in [`FakeEcr::calls`]; logged with target
 /// `AssumeRole:<RoleArn>` and service `sts`.
-fn assume_role(mut conn: TcpStream, s: &Shared, req: &Request) {
-    let (access_key_id, region, service) = credential_scope(&req.authorization);
-    let role = req
-        .body
+fn assume_role(s: &Shared, authorization: &str, body: &str) -> Response {
+    let (access_key_id, region, service) = credential_scope(authorization);
+    let role = body
         .split('&')
         .find_map(|kv| kv.strip_prefix("RoleArn="))
         .unwrap_or("")
@@ -368,13 +299,7 @@ fn assume_role(mut conn: TcpStream, s: &Shared, req: &Request) {
          </AssumeRoleResult><ResponseMetadata><RequestId>fake</RequestId></ResponseMetadata>\
          </AssumeRoleResponse>"
     );
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = conn.write_all(head.as_bytes());
-    let _ = conn.write_all(body.as_bytes());
+    Response::new(200, "text/xml", body)
 }
 
 /// The access key id of the credentials [`assume_role`] hands out.

@@ -27,11 +27,14 @@ use regent_shared::Secret;
 use regent_shared::protocol::{Request, Response};
 use serde_json::{Value, json};
 
+use regent_tests::which;
+use regent_tests::world::apply_env;
+
 use crate::agent::PrivateAgent;
-use crate::bench::{
-    AgentMemory, Proc, agent_memory, mark, mb, ms, percentile, progress, run_capture, run_once,
-    shorten,
-};
+use crate::proc::{Proc, run_capture, run_once, shorten};
+use crate::progress;
+use crate::report::{mark, mb, ms, percentile};
+use crate::system::{AgentMemory, agent_memory};
 
 const OPS: [&str; 4] = ["store", "get", "list", "erase"];
 const LOAD_URL: &str = "https://load.regent.test";
@@ -39,14 +42,42 @@ const TPUT_HOST: &str = "tput.regent.test";
 /// Length of the made-up secrets of the bulk stores.
 const BULK_SECRET_LEN: usize = 64;
 
+/// Untimed rounds per tool first.
+const WARMUP: usize = 5;
+
+/// The load section's options.
+#[derive(clap::Args)]
+#[command(next_help_heading = "Load section (a third agent)")]
 pub struct LoadOptions {
-    pub runs: usize,
-    pub warmup: usize,
+    /// Skip it
+    #[arg(long)]
+    pub no_load: bool,
+    /// Rounds of store/get/list/erase per tool
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub load_runs: usize,
+    /// Parallel helper counts
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "8,64,256"
+    )]
     pub parallel: Vec<usize>,
+    /// Gets per parallel level
+    #[arg(long, value_name = "N", default_value_t = 2000)]
     pub parallel_gets: usize,
+    /// Credentials stored for the agent's RSS (0: skip)
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub bulk: usize,
+    /// Entries for the list latency
+    #[arg(long, value_name = "N", default_value_t = 1000)]
     pub list_entries: usize,
+    /// Helper list runs with that many entries
+    #[arg(long, value_name = "N", default_value_t = 100)]
     pub list_runs: usize,
+    /// The session bus is a throw-away one (scripts/with-secret-service):
+    /// time docker-credential-secretservice on it
+    #[arg(long)]
     pub private_secret_service: bool,
 }
 
@@ -145,7 +176,7 @@ impl PassWorld {
         let run = |args: &[&str]| -> Result<Vec<u8>, String> {
             let mut cmd = Command::new(args[0]);
             cmd.args(&args[1..]).stdin(Stdio::null());
-            crate::agent::apply_env(&mut cmd, &world.env);
+            apply_env(&mut cmd, &world.env);
             let out = cmd
                 .output()
                 .map_err(|e| format!("cannot run {}: {e}", args[0]))?;
@@ -192,16 +223,9 @@ impl Drop for PassWorld {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        crate::agent::apply_env(&mut cmd, &self.env);
+        apply_env(&mut cmd, &self.env);
         let _ = cmd.status();
     }
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 fn input_for(op: &str, secret: &str) -> Vec<u8> {
@@ -389,19 +413,19 @@ pub fn run(
 
     progress(&format!(
         "load: {} rounds of store/get/list/erase for {}",
-        opts.runs,
+        opts.load_runs,
         tools.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
     ));
     let inputs: Vec<Vec<u8>> = OPS.iter().map(|op| input_for(op, &secret)).collect();
     let n = tools.len();
-    for round in 0..opts.warmup + opts.runs {
+    for round in 0..WARMUP + opts.load_runs {
         for i in 0..n {
             let tool = &mut tools[(round + i) % n];
             for (k, op) in OPS.iter().enumerate() {
                 let proc = tool.proc(op);
                 let (sample, ok) = run_once(&proc, &inputs[k])
                     .map_err(|e| format!("cannot run {}: {e}", proc.program.display()))?;
-                if round >= opts.warmup {
+                if round >= WARMUP {
                     tool.samples[k].push(sample.wall);
                     if !ok {
                         tool.failures[k] += 1;
@@ -457,8 +481,8 @@ pub fn run(
     let agent_pid = agent.pid;
     drop(agent);
     Ok(LoadReport {
-        runs: opts.runs,
-        warmup: opts.warmup,
+        runs: opts.load_runs,
+        warmup: WARMUP,
         tools,
         missing,
         throughput,

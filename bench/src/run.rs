@@ -1,0 +1,213 @@
+//! One run of the benchmark, start to end: the agent whose credential is
+//! timed, the kinds of process beside it (the ECR `get` joining them), the
+//! timing, the load section, and the report on stdout.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use regent_tests::random_secret;
+use serde_json::json;
+
+use crate::agent::PrivateAgent;
+use crate::args::Args;
+use crate::ecr::EcrBench;
+use crate::proc::{Proc, run_capture, shorten};
+use crate::progress;
+use crate::report::Report;
+use crate::system::{agent_memory, is_stripped, loadavg};
+use crate::timing::{Subject, exact_peaks, round_robin, verify};
+
+/// The server URL of the credential an agent of regent-bench's own holds.
+const OWN_SERVER: &str = "bench.regent.test";
+
+/// The agent whose credential is timed beside the floor.
+enum Timed {
+    /// The caller's (`--server`), found through the inherited environment.
+    Callers(String),
+    /// One of regent-bench's own, holding one made-up credential.
+    Own(Box<PrivateAgent>),
+}
+
+impl Timed {
+    fn start(args: &Args) -> Result<Timed, String> {
+        if let Some(server) = &args.server {
+            return Ok(Timed::Callers(server.clone()));
+        }
+        let agent = PrivateAgent::start(&args.regent, "main", &[])?;
+        progress(&format!(
+            "regent start (REGENT_STORE=memory, socket {})",
+            agent.socket().display()
+        ));
+        progress(&format!(
+            "docker-credential-regent store: one credential for {OWN_SERVER} (a random secret, never printed)"
+        ));
+        let store =
+            json!({"ServerURL": OWN_SERVER, "Username": "bench", "Secret": random_secret(48)});
+        let out = run_capture(
+            &agent.proc(&args.helper, &["store"]),
+            store.to_string().as_bytes(),
+        )?;
+        if !out.status.success() {
+            return Err(format!(
+                "`docker-credential-regent store` exited with {}: {} {}",
+                out.status,
+                shorten(&out.stdout),
+                shorten(&out.stderr)
+            ));
+        }
+        progress(&format!("agent pid {}", agent.pid));
+        Ok(Timed::Own(Box::new(agent)))
+    }
+
+    fn server(&self) -> &str {
+        match self {
+            Timed::Callers(server) => server,
+            Timed::Own(_) => OWN_SERVER,
+        }
+    }
+
+    /// `program args` as a client of this agent.
+    fn proc(&self, program: &Path, args: &[&str]) -> Proc {
+        match self {
+            Timed::Callers(_) => Proc::plain(program, args),
+            Timed::Own(agent) => agent.proc(program, args),
+        }
+    }
+
+    /// The agent's pid, for its RSS: `given`, else ours, else asked in the
+    /// `Hello` handshake on the caller's socket (never starts one).
+    fn pid(&self, given: Option<u32>) -> Option<u32> {
+        given.or_else(|| match self {
+            Timed::Own(agent) => Some(agent.pid),
+            Timed::Callers(_) => {
+                let socket = regent_shared::paths::socket_path();
+                regent_shared::client::connect(&socket, Duration::from_secs(2))
+                    .ok()
+                    .map(|conn| conn.agent.pid)
+            }
+        })
+    }
+}
+
+pub fn run(args: &Args) -> Result<(), String> {
+    args.check()?;
+    let mut needed = vec![
+        ("helper", &args.helper),
+        ("floor", &args.floor),
+        ("cat", &args.cat),
+    ];
+    if args.server.is_none() || args.with_ecr() || args.with_load() {
+        needed.push(("regent", &args.regent));
+    }
+    for (what, path) in needed {
+        if !path.is_file() {
+            return Err(format!(
+                "{what} binary {} not found; build with `cargo build --release --workspace --bins` or pass --{what}",
+                path.display()
+            ));
+        }
+    }
+
+    let timed = Timed::start(args)?;
+    let server = timed.server();
+    let input = server.as_bytes();
+    let mut subjects = vec![
+        Subject::new(
+            "floor",
+            "empty Rust binary, URL on stdin".into(),
+            timed.proc(&args.floor, &[]),
+            input,
+            args.runs,
+        ),
+        Subject::new(
+            "cat",
+            format!("{} reading the URL from stdin", args.cat.display()),
+            timed.proc(&args.cat, &[]),
+            input,
+            args.runs,
+        ),
+        Subject::new(
+            "helper",
+            "docker-credential-regent get".into(),
+            timed.proc(&args.helper, &["get"]),
+            input,
+            args.runs,
+        ),
+    ];
+    let agent_pid = timed.pid(args.agent_pid);
+    verify(server, &subjects)?;
+
+    // The ECR agent: its cached-token `get` joins the round-robin.
+    let mut ecr = None;
+    let mut ecr_note = None;
+    if args.with_ecr() {
+        let joined = EcrBench::start(&args.regent)
+            .and_then(|mut e| e.subject(&args.helper, args.runs).map(|s| (e, s)));
+        match joined {
+            Ok((e, s)) => {
+                subjects.push(s);
+                ecr = Some(e);
+            }
+            Err(e) => {
+                let note = format!("ECR section skipped: {e}");
+                progress(&note);
+                ecr_note = Some(note);
+            }
+        }
+    }
+
+    let agent_before = agent_pid.and_then(agent_memory);
+    let load_before = loadavg();
+    let elapsed = round_robin(&mut subjects, args.warmup, args.runs)?;
+    let rss_note = exact_peaks(&mut subjects, args.rss_runs);
+    let load_after = loadavg();
+    let agent_after = agent_pid.and_then(agent_memory);
+    let helper_size = fs::metadata(&args.helper)
+        .map_err(|e| format!("cannot stat {}: {e}", args.helper.display()))?
+        .len();
+    let helper_stripped = is_stripped(&args.helper);
+    let ecr = ecr.map(|e| e.finish(&args.helper, &args.ecr));
+
+    let (load, load_note) = if args.with_load() {
+        match crate::load::run(&args.load, &args.regent, &args.helper, &args.floor) {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(format!("load section failed: {e}"))),
+        }
+    } else {
+        (None, None)
+    };
+    if let Some(note) = &load_note {
+        progress(note);
+    }
+
+    let report = Report {
+        args,
+        server,
+        subjects: &subjects,
+        elapsed,
+        helper_size,
+        helper_stripped,
+        agent_pid,
+        agent_before,
+        agent_after,
+        load_before,
+        load_after,
+        rss_note,
+        ecr,
+        ecr_note,
+        load,
+        load_note,
+    };
+    let out = if args.json {
+        let mut s = serde_json::to_string_pretty(&report.json()).map_err(|e| e.to_string())?;
+        s.push('\n');
+        s
+    } else {
+        report.text()
+    };
+    io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(|e| format!("cannot write the report: {e}"))
+}
