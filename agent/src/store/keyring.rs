@@ -523,7 +523,7 @@ fn generic_platform_failure(
 mod tests {
     use super::*;
 
-    /// As the test harness decides it (tests/src/lib.rs): REGENT_TEST_STRICT,
+    /// As the test harness decides it (tests/src/skip.rs): REGENT_TEST_STRICT,
     /// else CI=true.
     fn strict() -> bool {
         let var = |name: &str| std::env::var(name).map(|v| v.trim().to_ascii_lowercase());

@@ -114,7 +114,7 @@ impl Backend for KeyutilsBackend {
 mod tests {
     use super::*;
 
-    /// As the test harness decides it (tests/src/lib.rs): REGENT_TEST_STRICT,
+    /// As the test harness decides it (tests/src/skip.rs): REGENT_TEST_STRICT,
     /// else CI=true.
     fn strict() -> bool {
         let var = |name: &str| std::env::var(name).map(|v| v.trim().to_ascii_lowercase());
