@@ -1,8 +1,17 @@
 //! podman, buildah and skopeo in an [`E2e`]: running them, logging in,
 //! and checking that podman works here at all.
 
+use std::sync::Mutex;
+
 use super::{E2e, PODMAN, USER, require, skip};
 use crate::Outcome;
+
+/// Held around `podman info`. On a machine where podman never ran, the
+/// first podman creates its shared-memory lock file (`/dev/shm/libpod_lock`
+/// as root); two first podmans at once race, and the loser fails with
+/// "failed to create 2048 locks in /libpod_lock: file exists". Tests of
+/// one binary run in parallel, so the first probes take turns.
+static FIRST_USE: Mutex<()> = Mutex::new(());
 
 impl E2e {
     pub fn podman(&self, args: &[&str]) -> Outcome {
@@ -34,7 +43,10 @@ impl E2e {
             skip(self.name, &why);
             return false;
         }
-        let out = self.podman(&["info"]);
+        let out = {
+            let _turn = FIRST_USE.lock().unwrap_or_else(|e| e.into_inner());
+            self.podman(&["info"])
+        };
         if !out.success() {
             skip(self.name, &format!("`podman info` fails here:\n{out}"));
             return false;
