@@ -379,8 +379,7 @@ impl GitHubApp {
         };
         if let Some(wait) = rate_limit_wait(status, &reply.headers, message, now, skew) {
             return SourceError::transient(format!(
-                "{what}: GitHub's rate limit was hit ({said}); the next try is in {}s",
-                wait.as_secs()
+                "{what}: GitHub's rate limit was hit ({said}); not retried before GitHub allows it"
             ))
             .retry_after(wait);
         }
