@@ -39,6 +39,8 @@
 //! offset is kept for the later fetches of this source (until a reload
 //! builds it anew), and applied to the times GitHub sends back: the token's
 //! `expires_at` and a rate limit's reset are moved to our clock.
+//! A refusal of the times that outlives the correction (or comes without a
+//! `Date`) is transient, and says to check the clock.
 //!
 //! # Errors
 //!
@@ -384,6 +386,14 @@ impl GitHubApp {
             .retry_after(wait);
         }
         let (app, installation) = (&self.iss, self.installation_id);
+        if is_skew_refusal(status, message) {
+            // Still refused for its times, signed with GitHub's clock or
+            // without a `Date` to learn it from.
+            return SourceError::transient(format!(
+                "{what}: GitHub refused the JWT's times ({said}); check this machine's clock \
+                 (and that nothing between rewrites GitHub's Date header); retried with backoff"
+            ));
+        }
         match code {
             401 => SourceError::permanent(format!(
                 "{what}: GitHub refused the App's JWT ({said}); check `app_id` ({app}) and that \
@@ -457,6 +467,10 @@ impl Source for GitHubApp {
     }
 }
 
+const APP_ID_HELP: &str = "`app_id` must be the App's ID (a number, like 123456) or its \
+                           client ID (a string, like \"Iv23liAbCdEf\"), from the App's \
+                           settings page";
+
 /// The JWT's `iss` from `app_id`: a positive number, or a client ID.
 fn app_id(value: &toml::Value) -> Result<String, String> {
     match value {
@@ -470,11 +484,7 @@ fn app_id(value: &toml::Value) -> Result<String, String> {
         {
             Ok(s.clone())
         }
-        _ => Err(
-            "`app_id` must be the App's ID (a number, like 123456) or its client ID \
-                  (a string, like \"Iv23liAbCdEf\"), from the App's settings page"
-                .into(),
-        ),
+        _ => Err(APP_ID_HELP.into()),
     }
 }
 
@@ -927,6 +937,17 @@ mod tests {
         assert!(e.is_permanent());
         assert!(
             e.message.contains("`app_id`") && e.message.contains("gh-app"),
+            "{}",
+            e.message
+        );
+        // A refusal of the times that outlived the correction.
+        let e = classify(reply(
+            401,
+            &[],
+            "'Issued at' claim ('iat') must be an Integer",
+        ));
+        assert!(
+            !e.is_permanent() && e.message.contains("clock"),
             "{}",
             e.message
         );
