@@ -33,6 +33,8 @@
 #[cfg(feature = "ecr")]
 pub mod ecr;
 pub mod exec;
+#[cfg(feature = "github-app")]
+pub mod github_app;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod text;
@@ -246,6 +248,10 @@ pub const SOURCES: &[Descriptor] = &[
     ecr::DESCRIPTOR,
     #[cfg(not(feature = "ecr"))]
     Descriptor::left_out("ecr", "ecr"),
+    #[cfg(feature = "github-app")]
+    github_app::DESCRIPTOR,
+    #[cfg(not(feature = "github-app"))]
+    Descriptor::left_out("github-app", "github-app"),
 ];
 
 /// A `[[registry]]` entry whose source cannot be built.
@@ -420,5 +426,6 @@ mod tests {
             )
         );
         assert_eq!(names()[..2], ["exec", "ecr"]);
+        assert!(names().contains(&"github-app"), "{:?}", names());
     }
 }
