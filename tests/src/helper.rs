@@ -60,6 +60,41 @@ impl TestEnv {
         self.parse_get(&out)
     }
 
+    /// After a source's endpoint died: repeats `get` until it fails and
+    /// returns the error. Until then every answer must be `secret`, and only
+    /// within `lifetime` of `got_at` (when the token was fetched): never a
+    /// token past its expiry. The error must say so and not quote `secret`.
+    /// Gives up after `limit`.
+    pub fn error_once_expired(
+        &self,
+        get: impl Fn() -> Outcome,
+        secret: &str,
+        got_at: std::time::Instant,
+        lifetime: std::time::Duration,
+        limit: std::time::Duration,
+    ) -> String {
+        let mut error = None;
+        while got_at.elapsed() < limit {
+            let out = get();
+            if out.success() {
+                assert_eq!(self.parse_get(&out).secret, secret);
+                assert!(got_at.elapsed() < lifetime, "served past expiry");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            } else {
+                error = Some(out.out_trim());
+                break;
+            }
+        }
+        let error = error.expect("the get kept succeeding with a dead endpoint");
+        eprintln!("error: {error}");
+        assert!(!error.contains(secret));
+        assert!(
+            error.contains("expired at") || error.contains("too soon to hand out"),
+            "{error}"
+        );
+        error
+    }
+
     /// Checks a successful `get`: exit 0, one line of JSON with exactly the
     /// keys `ServerURL`, `Username`, `Secret`, then a newline.
     pub fn parse_get(&self, out: &Outcome) -> Creds {
