@@ -9,31 +9,9 @@ use std::path::Path;
 
 use regent_shared::client;
 use regent_shared::protocol::{Request, Response};
-use regent_tests::{StoreKind, World};
+use regent_tests::{AWS_CALLER_VARIABLES, StoreKind, World};
 
 use crate::proc::Proc;
-
-/// Variables of the caller that must not reach a private agent or its
-/// clients (the world already drops every `REGENT_*` and `XDG_*` one): they
-/// would pick another AWS identity or endpoint.
-const SCRUB: &[&str] = &[
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_ECR",
-    "AWS_ENDPOINT_URL_ECR_PUBLIC",
-    "AWS_ROLE_ARN",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-];
 
 pub struct PrivateAgent {
     /// Its directory and environment, for the agent and every client of it.
@@ -52,7 +30,7 @@ impl PrivateAgent {
         extra: &[(&str, OsString)],
     ) -> Result<PrivateAgent, String> {
         let mut world = World::new(&format!("regent-bench-{name}."), StoreKind::Memory)?;
-        for var in SCRUB {
+        for var in AWS_CALLER_VARIABLES {
             world.set_env(*var, None::<OsString>);
         }
         let docker_config = world.home.join(".docker");

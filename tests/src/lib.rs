@@ -61,4 +61,4 @@ pub use process::{
     wait_until, which,
 };
 pub use skip::{current_test, not_applicable, skip, strict};
-pub use world::{StoreKind, World};
+pub use world::{AWS_CALLER_VARIABLES, StoreKind, World};

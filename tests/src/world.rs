@@ -22,6 +22,28 @@ use regent_shared::protocol::{Request, Response};
 
 use crate::{is_alive, kill, wait_until};
 
+/// The caller's AWS variables that would pick an identity, a region or an
+/// endpoint: a world that talks to a loopback fake unsets them all first,
+/// then sets what it means (the fake's endpoints, keys made at test time).
+pub const AWS_CALLER_VARIABLES: &[&str] = &[
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_ECR",
+    "AWS_ENDPOINT_URL_ECR_PUBLIC",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+];
+
 /// The store backend of a world (under test, for [`crate::TestEnv`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {

@@ -14,26 +14,10 @@ use std::time::{Duration, Instant};
 use regent_tests::fakes::ecr::{
     FakeEcr, PRIVATE_TARGET, PUBLIC_TARGET, ROLE_KEY_ID, Reply, test_keys,
 };
-use regent_tests::{Input, Outcome, TestEnv, all_at_once, wait_until};
+use regent_tests::{AWS_CALLER_VARIABLES, Input, Outcome, TestEnv, all_at_once, wait_until};
 
 const HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
 const HOST2: &str = "210987654321.dkr.ecr.us-east-1.amazonaws.com";
-
-/// Variables of the test process that must not reach the agent.
-const SCRUB: &[&str] = &[
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL",
-    "AWS_ROLE_ARN",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-];
 
 struct Aws {
     env: TestEnv,
@@ -56,7 +40,7 @@ impl Aws {
     /// No keys in the environment: credentials come from the files.
     fn without_keys(endpoint: &str) -> Aws {
         let mut env = TestEnv::new();
-        for name in SCRUB {
+        for name in AWS_CALLER_VARIABLES {
             env.set_env(*name, None::<&str>);
         }
         let aws_dir = env.root.join("aws");

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use regent_tests::fakes::ecr::{FakeEcr, test_keys};
 use regent_tests::{
-    Input, Outcome, StoreKind, TestEnv, contains, is_root, random_secret, skip, wait_until,
+    AWS_CALLER_VARIABLES, Input, Outcome, StoreKind, TestEnv, contains, is_root, random_secret,
+    skip, wait_until,
 };
 
 const HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
@@ -290,28 +291,11 @@ fn a_callers_variables_reach_neither_the_agent_nor_exec_commands() {
 // ECR identity
 // ---------------------------------------------------------------------------
 
-/// Variables of the test process that must not reach the helper.
-const SCRUB: &[&str] = &[
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_SESSION_TOKEN",
-    "AWS_ROLE_ARN",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-];
-
 /// A TestEnv whose callers talk to `fake` and have no credentials of their
 /// own unless a test gives them some.
 fn ecr_env(fake: &FakeEcr) -> (TestEnv, PathBuf) {
     let mut env = TestEnv::new();
-    for name in SCRUB {
+    for name in AWS_CALLER_VARIABLES {
         env.set_env(*name, None::<&str>);
     }
     let aws_dir = env.root.join("aws");
