@@ -1,7 +1,9 @@
 //! Loopback fakes of the services regent talks to: [`http`], a tiny HTTP/1.1
-//! server the others are built on; [`ecr`], ECR's and STS's token APIs; and
+//! server the others are built on; [`script`], the scripted replies, gate
+//! and death they share; [`ecr`], ECR's and STS's token APIs; and
 //! [`github`], GitHub's installation-token endpoint.
 
 pub mod ecr;
 pub mod github;
 pub mod http;
+pub mod script;
