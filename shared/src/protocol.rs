@@ -59,17 +59,21 @@ const _: () = assert!(MIN_SUPPORTED_PROTOCOL <= PROTOCOL_VERSION);
 /// The largest frame either side accepts: 1 MiB of JSON.
 pub const MAX_FRAME: usize = 1 << 20;
 
-/// Environment variables of the caller that the helper forwards with `Get`:
-/// the caller's AWS identity and where it points, so that a token is minted
-/// for whoever asks (`AWS_PROFILE=x docker pull ...` picks profile `x`,
-/// a CI job's keys are that job's), never for whoever started the agent.
+/// Environment variables of the caller that the helper forwards with every
+/// `Get`: the caller's cloud identity and where it points, so that a token
+/// is minted for whoever asks (`AWS_PROFILE=x docker pull ...` picks profile
+/// `x`, a CI job's keys are that job's), never for whoever started the agent.
 ///
-/// Credentials: keys and session token, the profile and the files it is read
-/// from, web identity (role, token file, session name), container
-/// credentials (ECS, EKS Pod Identity). Where they lead: regions, endpoint
-/// overrides, FIPS / dual-stack, the instance-metadata switches. Nothing
-/// else of the caller's environment reaches the agent. Some values are
-/// secrets: they travel in a [`CallerEnv`].
+/// AWS: keys and session token, the profile and the files it is read from,
+/// web identity (role, token file, session name), container credentials
+/// (ECS, EKS Pod Identity); where they lead: regions, endpoint overrides,
+/// FIPS / dual-stack, the instance-metadata switches. Google: the
+/// credentials file and gcloud's configuration directory. Azure: the
+/// tenant, client and federated token file of workload identity, the
+/// authority host, the `az` CLI's configuration directory. Nothing else of
+/// the caller's environment reaches the agent unless a `[[registry]]` entry
+/// names it (`Response::NeedEnv`). Some values are secrets: they travel in a
+/// [`CallerEnv`].
 pub const FORWARDED_ENV: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -97,6 +101,13 @@ pub const FORWARDED_ENV: &[&str] = &[
     "AWS_EC2_METADATA_DISABLED",
     "AWS_EC2_METADATA_SERVICE_ENDPOINT",
     "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "CLOUDSDK_CONFIG",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+    "AZURE_CONFIG_DIR",
 ];
 
 /// The longest value of a forwarded variable; a longer one is not
