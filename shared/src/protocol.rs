@@ -112,7 +112,7 @@ pub const FORWARDED_ENV: &[&str] = &[
 
 /// The longest value of a forwarded variable; a longer one is not
 /// forwarded (all of [`FORWARDED_ENV`] at this size still fit in a frame).
-pub const MAX_FORWARDED_VALUE: usize = 32 * 1024;
+pub const MAX_FORWARDED_VALUE: usize = 16 * 1024;
 const _: () = assert!(FORWARDED_ENV.len() * (MAX_FORWARDED_VALUE + 64) < MAX_FRAME - 64 * 1024);
 
 /// Variables of the caller, by name, as `Get` carries them.
