@@ -93,7 +93,24 @@ pub struct Engine {
     /// A number in [0, 1), for jitter.
     random: Random,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// What the per-request sources said last, by registry key.
+    seen: Mutex<HashMap<String, Seen>>,
 }
+
+/// The last answer of a per-request source for one registry, for
+/// `regent ls`: never its secret.
+struct Seen {
+    key: RegistryKey,
+    source: &'static str,
+    first: SystemTime,
+    last_get: SystemTime,
+    last_ok: Option<SystemTime>,
+    username: Option<String>,
+    last_error: Option<String>,
+}
+
+/// A per-request source that takes longer than this fails.
+const PER_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Slot {
     state: Mutex<State>,
@@ -155,6 +172,7 @@ impl Engine {
             ctx,
             random: default_random(),
             slots: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
         })
     }
 
@@ -170,6 +188,7 @@ impl Engine {
             policy,
             random: Box::new(random),
             slots: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
         })
     }
 
@@ -180,6 +199,9 @@ impl Engine {
         source: Arc<dyn Source>,
         req: SourceRequest,
     ) -> Result<Token, Unavailable> {
+        if source.per_request() {
+            return self.per_request(source, req).await;
+        }
         let slot_key = format!("{}:{}", source.name(), source.cache_key(&req));
         let key = req.key.as_str().to_owned();
         let slot = {
@@ -228,6 +250,58 @@ impl Engine {
         match st.token.as_ref().filter(|c| c.usable(now)) {
             Some(cached) => Ok(cached.token()),
             None => Err(self.failure(&st, &key, now)),
+        }
+    }
+
+    /// A per-request source ([`Source::per_request`]): asked at every get,
+    /// bounded in time, never cached; what it said is kept for `regent ls`.
+    async fn per_request(
+        &self,
+        source: Arc<dyn Source>,
+        req: SourceRequest,
+    ) -> Result<Token, Unavailable> {
+        let name = source.name();
+        let timeout = self.policy.fetch_timeout.min(PER_REQUEST_TIMEOUT);
+        let result = match tokio::time::timeout(timeout, source.fetch(&req, &self.ctx)).await {
+            Ok(result) => result,
+            Err(_) => Err(SourceError::transient(format!(
+                "the {name} source did not answer within {}s",
+                timeout.as_secs()
+            ))),
+        };
+        let now = self.clock.now();
+        let mut seen = self.seen.lock().expect("seen lock");
+        let row = seen
+            .entry(req.key.as_str().to_owned())
+            .or_insert_with(|| Seen {
+                key: req.key.clone(),
+                source: name,
+                first: now,
+                last_get: now,
+                last_ok: None,
+                username: None,
+                last_error: None,
+            });
+        row.source = name;
+        row.last_get = now;
+        match result {
+            Ok(token) => {
+                row.last_ok = Some(now);
+                row.username = Some(token.username.clone());
+                row.last_error = None;
+                Ok(token)
+            }
+            Err(e) => {
+                row.last_error = Some(e.message.clone());
+                Err(Unavailable {
+                    message: format!(
+                        "cannot get credentials for {} from the {name} source: {}",
+                        req.key, e.message
+                    ),
+                    class: Some(e.class),
+                    retry_in: None,
+                })
+            }
         }
     }
 
@@ -483,6 +557,11 @@ impl Engine {
             dropped = before - slots.len(),
             "token cache reconciled"
         );
+        drop(slots);
+        self.seen
+            .lock()
+            .expect("seen lock")
+            .retain(|_, row| resolve(&row.key).is_some_and(|s| s.name() == row.source));
     }
 
     /// One row per registry served, for `regent ls`.
@@ -508,6 +587,20 @@ impl Engine {
                     last_error: st.last_error.as_ref().map(|e| e.message.clone()),
                 });
             }
+        }
+        drop(slots);
+        for row in self.seen.lock().expect("seen lock").values() {
+            rows.push(EntryInfo {
+                server_url: row.key.as_str().to_owned(),
+                key: row.key.as_str().to_owned(),
+                username: row.username.clone().unwrap_or_default(),
+                source: row.source.to_owned(),
+                created: unix(row.first),
+                updated: unix(row.last_get),
+                expires: None,
+                last_refresh: row.last_ok.map(unix),
+                last_error: row.last_error.clone(),
+            });
         }
         rows.sort_by(|a, b| a.key.cmp(&b.key));
         rows

@@ -110,11 +110,30 @@ fn get() -> Result<(), Failure> {
     let server_url = read_server_url()?;
     // The caller's AWS identity goes with the request: the agent mints
     // tokens for whoever asks, not for whoever started it.
+    let opts = options(GET_START_BUDGET);
     let req = Request::Get {
         server_url: server_url.clone(),
         env: CallerEnv::from_process(FORWARDED_ENV),
+        env_complete: false,
     };
-    match client::call(&options(GET_START_BUDGET), &req) {
+    let answer = client::call_with(&opts, &req).and_then(|(mut conn, answer)| match answer {
+        // The registry's entry reads variables of ours beyond the usual
+        // ones (the `env` source): send them, once, on the same connection.
+        Response::NeedEnv { names } => {
+            let Request::Get { mut env, .. } = req else {
+                unreachable!("req is a Get")
+            };
+            env.add_from_process(&names);
+            let again = Request::Get {
+                server_url: server_url.clone(),
+                env,
+                env_complete: true,
+            };
+            conn.call(&again, opts.reply_timeout)
+        }
+        other => Ok(other),
+    });
+    match answer {
         Ok(Response::Credentials {
             username, secret, ..
         }) => {

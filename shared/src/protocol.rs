@@ -50,7 +50,10 @@ use crate::Secret;
 
 /// Bump on any change a peer of the previous version could misread. Never derive
 /// it from the crate version.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: [`Response::NeedEnv`] and `Get.env_complete`. The agent sends
+/// `NeedEnv` only to clients that said 2 or more in their `Hello`.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The oldest client protocol this agent still serves.
 pub const MIN_SUPPORTED_PROTOCOL: u32 = 1;
@@ -113,7 +116,23 @@ pub const FORWARDED_ENV: &[&str] = &[
 /// The longest value of a forwarded variable; a longer one is not
 /// forwarded (all of [`FORWARDED_ENV`] at this size still fit in a frame).
 pub const MAX_FORWARDED_VALUE: usize = 16 * 1024;
-const _: () = assert!(FORWARDED_ENV.len() * (MAX_FORWARDED_VALUE + 64) < MAX_FRAME - 64 * 1024);
+/// The most variables a [`Response::NeedEnv`] may ask for; a client
+/// ignores the rest.
+pub const MAX_NAMED_ENV: usize = 16;
+const _: () = assert!(
+    (FORWARDED_ENV.len() + MAX_NAMED_ENV) * (MAX_FORWARDED_VALUE + 64) < MAX_FRAME - 64 * 1024
+);
+
+/// Whether `name` may be asked for in [`Response::NeedEnv`]: a portable
+/// environment variable name (`[A-Za-z_][A-Za-z0-9_]*`, at most 128 bytes).
+pub fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() <= 128
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
 
 /// Variables of the caller, by name, as `Get` carries them.
 ///
@@ -142,13 +161,33 @@ impl CallerEnv {
 
     /// Only the variables named in `names`.
     pub fn subset(&self, names: &[&str]) -> CallerEnv {
+        self.filtered(|name| names.contains(&name))
+    }
+
+    /// Only the variables whose names `keep` accepts.
+    pub fn filtered(&self, keep: impl Fn(&str) -> bool) -> CallerEnv {
         CallerEnv(
             self.0
                 .iter()
-                .filter(|(name, _)| names.contains(&name.as_str()))
+                .filter(|(name, _)| keep(name))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         )
+    }
+
+    /// Adds the non-empty variables of `names` that are valid names
+    /// ([`is_env_name`]) from this process's environment, at most
+    /// [`MAX_NAMED_ENV`] of them (values above [`MAX_FORWARDED_VALUE`]
+    /// bytes are left out): the answer to [`Response::NeedEnv`].
+    pub fn add_from_process(&mut self, names: &[String]) {
+        for name in names.iter().filter(|n| is_env_name(n)).take(MAX_NAMED_ENV) {
+            if let Ok(value) = std::env::var(name)
+                && !value.is_empty()
+                && value.len() <= MAX_FORWARDED_VALUE
+            {
+                self.set(name.as_str(), value);
+            }
+        }
     }
 
     /// A non-empty value of `name`.
@@ -226,11 +265,16 @@ pub enum Request {
     },
     /// Look up credentials. `server_url` is exactly what the client sent; the
     /// agent owns normalisation. `env`: the caller's [`FORWARDED_ENV`]
-    /// variables that are set (the agent ignores any other name).
+    /// variables that are set (the agent ignores any other name), and, in
+    /// a `Get` that answers [`Response::NeedEnv`], the ones it asked for;
+    /// that `Get` says `env_complete`, so that a variable missing from it is
+    /// known to be unset.
     Get {
         server_url: String,
         #[serde(default, skip_serializing_if = "CallerEnv::is_empty")]
         env: CallerEnv,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        env_complete: bool,
     },
     Store {
         server_url: String,
@@ -305,6 +349,13 @@ pub enum Response {
         secret: Secret,
     },
     NotFound,
+    /// To a `Get` (protocol 2): the registry's `[[registry]]` entry reads
+    /// these variables of the caller (the `env` source). The client sends
+    /// the `Get` again on the same connection, with them added to `env` and
+    /// `env_complete` set. At most [`MAX_NAMED_ENV`] names.
+    NeedEnv {
+        names: Vec<String>,
+    },
     /// A store, erase or quit was carried out (for a store: durably).
     Done,
     List {
@@ -342,6 +393,7 @@ impl Response {
             Response::Hello { .. } => "hello",
             Response::Credentials { .. } => "credentials",
             Response::NotFound => "not-found",
+            Response::NeedEnv { .. } => "need-env",
             Response::Done => "done",
             Response::List { .. } => "list",
             Response::Entries { .. } => "entries",
@@ -613,6 +665,7 @@ mod tests {
         let req = Request::Get {
             server_url: "ghcr.io".into(),
             env: CallerEnv::default(),
+            env_complete: false,
         };
         let json = serde_json::to_string(&req).unwrap();
         assert_eq!(json, r#"{"type":"Get","server_url":"ghcr.io"}"#);
@@ -628,6 +681,7 @@ mod tests {
         let req = Request::Get {
             server_url: "r".into(),
             env: env.clone(),
+            env_complete: false,
         };
         assert_eq!(
             serde_json::to_string(&req).unwrap(),

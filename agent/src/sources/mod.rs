@@ -32,6 +32,7 @@
 
 #[cfg(feature = "ecr")]
 pub mod ecr;
+pub mod env;
 pub mod exec;
 #[cfg(feature = "github-app")]
 pub mod github_app;
@@ -88,6 +89,11 @@ pub enum ErrorClass {
     Permanent,
     /// Network trouble, 5xx, throttling, a timeout: retried with backoff.
     Transient,
+    /// The entry does not apply to this request (the `env` source, with a
+    /// variable the caller has not set): resolution goes on to the next
+    /// step as if the entry were not there. Only per-request sources
+    /// ([`Source::per_request`]) answer it.
+    NotApplicable,
 }
 
 #[derive(Clone, Debug)]
@@ -111,6 +117,14 @@ impl SourceError {
     pub fn transient(message: impl Into<String>) -> Self {
         SourceError {
             class: ErrorClass::Transient,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn not_applicable(message: impl Into<String>) -> Self {
+        SourceError {
+            class: ErrorClass::NotApplicable,
             message: message.into(),
             retry_after: None,
         }
@@ -200,6 +214,21 @@ pub trait Source: Send + Sync + 'static {
         CALLER_PROFILE_AND_REGION
     }
 
+    /// Variables of the caller that this entry's settings name (the `env`
+    /// source's `{ env = "NAME" }`), beyond `protocol::FORWARDED_ENV`: the
+    /// helper is asked for them (`Response::NeedEnv`), and they reach this
+    /// source only. At most `protocol::MAX_NAMED_ENV`.
+    fn named_env(&self) -> &[String] {
+        &[]
+    }
+
+    /// A source whose answer comes with each request and costs nothing (the
+    /// `env` source): the engine neither caches nor refreshes it, and calls
+    /// `fetch` for every get. What such a source hands out is never kept.
+    fn per_request(&self) -> bool {
+        false
+    }
+
     /// Fetches a fresh token. Must be bounded in time by the source itself.
     fn fetch<'a>(
         &'a self,
@@ -244,6 +273,7 @@ impl Descriptor {
 /// Every kind of source, in the order detectors are asked.
 pub const SOURCES: &[Descriptor] = &[
     exec::DESCRIPTOR,
+    env::DESCRIPTOR,
     #[cfg(feature = "ecr")]
     ecr::DESCRIPTOR,
     #[cfg(not(feature = "ecr"))]

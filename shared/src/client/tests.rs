@@ -30,6 +30,7 @@ fn get() -> Request {
     Request::Get {
         server_url: "ghcr.io".into(),
         env: Default::default(),
+        env_complete: false,
     }
 }
 

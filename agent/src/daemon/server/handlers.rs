@@ -11,13 +11,22 @@ use regent_shared::registry::{self, RegistryKey};
 use crate::credentials::NewLogin;
 use crate::daemon::state::AgentState;
 use crate::named_secrets;
-use crate::sources::{self, Source, SourceRequest};
+use crate::sources::{self, ErrorClass, Source, SourceRequest};
 
 /// Answers `req`; `Hello` is the session's own.
-pub async fn handle(req: Request, state: &AgentState) -> Response {
+/// `proto` is the protocol the client said it speaks.
+pub async fn handle(req: Request, state: &AgentState, proto: u32) -> Response {
     match req {
         Request::Hello { .. } => unreachable!("the session answers Hello"),
-        Request::Get { server_url, env } => get(state, &server_url, env).await,
+        Request::Get {
+            server_url,
+            env,
+            env_complete,
+        } => {
+            // Only a client of protocol 2 or later can be asked for more.
+            let may_ask = proto >= 2 && !env_complete;
+            get(state, &server_url, env, may_ask).await
+        }
         Request::Store {
             server_url,
             username,
@@ -40,16 +49,31 @@ pub async fn handle(req: Request, state: &AgentState) -> Response {
 }
 
 /// Resolution order: a configured source, a stored login, a source
-/// detected from the hostname, not found.
-async fn get(state: &AgentState, server_url: &str, env: CallerEnv) -> Response {
+/// detected from the hostname, not found. A configured source that does
+/// not apply to this request (an `env` entry whose variable the caller has
+/// not set) is passed over. `may_ask`: the client can be sent `NeedEnv`.
+async fn get(state: &AgentState, server_url: &str, env: CallerEnv, may_ask: bool) -> Response {
     let Ok(key) = registry::canonical(server_url) else {
         return Response::NotFound;
     };
     let server_url = server_url.trim().to_owned();
-    let env = env.subset(FORWARDED_ENV);
     if let Some(source) = state.rules().resolve(&key) {
-        return from_source(state, source, key, server_url, env).await;
+        let named = source.named_env();
+        if may_ask && named.iter().any(|name| env.get(name).is_none()) {
+            return Response::NeedEnv {
+                names: named.to_vec(),
+            };
+        }
+        let env = env.filtered(|name| {
+            named.iter().any(|n| n == name)
+                || (FORWARDED_ENV.contains(&name) && source.caller_env().contains(&name))
+        });
+        if let Some(answer) = from_source(state, source, key.clone(), server_url.clone(), env).await
+        {
+            return answer;
+        }
     }
+    let env = env.subset(FORWARDED_ENV);
     match state.credentials.get(&key).await {
         Ok(Some(cred)) => Response::Credentials {
             server_url,
@@ -57,7 +81,12 @@ async fn get(state: &AgentState, server_url: &str, env: CallerEnv) -> Response {
             secret: cred.secret,
         },
         Ok(None) => match sources::detect(&key) {
-            Some(source) => from_source(state, source, key, server_url, env).await,
+            Some(source) => {
+                let env = env.subset(source.caller_env());
+                from_source(state, source, key, server_url, env)
+                    .await
+                    .unwrap_or(Response::NotFound)
+            }
             None => Response::NotFound,
         },
         Err(e) => Response::error(
@@ -67,27 +96,32 @@ async fn get(state: &AgentState, server_url: &str, env: CallerEnv) -> Response {
     }
 }
 
+/// The answer of `source`, or `None` when it does not apply to this request.
+/// Each source sees only the caller's variables it asks for (`env`, already
+/// narrowed): an `exec` command never gets the caller's AWS keys.
 async fn from_source(
     state: &AgentState,
     source: Arc<dyn Source>,
     key: RegistryKey,
     server_url: String,
     env: CallerEnv,
-) -> Response {
-    // Each source sees only the caller's variables it asks for: an `exec`
-    // command never gets the caller's AWS keys.
+) -> Option<Response> {
     let req = SourceRequest {
         key,
         server_url: server_url.clone(),
-        env: env.subset(source.caller_env()),
+        env,
     };
     match state.engine.get(source, req).await {
-        Ok(token) => Response::Credentials {
+        Ok(token) => Some(Response::Credentials {
             server_url,
             username: token.username,
             secret: token.secret,
-        },
-        Err(e) => Response::error(ErrorKind::Source, e.to_string()),
+        }),
+        Err(e) if e.class == Some(ErrorClass::NotApplicable) => {
+            tracing::debug!(reason = %e, "configured source did not apply");
+            None
+        }
+        Err(e) => Some(Response::error(ErrorKind::Source, e.to_string())),
     }
 }
 

@@ -26,6 +26,8 @@ use crate::daemon::state::AgentState;
 struct Session {
     hello: bool,
     supported: bool,
+    /// The protocol the client said it speaks.
+    proto: u32,
 }
 
 /// Serves one connection until the client closes it, quits, or breaks a
@@ -100,6 +102,7 @@ impl Session {
         } = &req
         {
             self.hello = true;
+            self.proto = *proto;
             self.supported = (MIN_SUPPORTED_PROTOCOL..=PROTOCOL_VERSION).contains(proto);
             tracing::debug!(client, version, proto, "hello");
             return Response::Hello {
@@ -123,7 +126,7 @@ impl Session {
         }
         let kind = req.kind();
         let started = Instant::now();
-        let response = handlers::handle(req, state).await;
+        let response = handlers::handle(req, state, self.proto).await;
         tracing::debug!(
             request = kind,
             response = response.kind(),
