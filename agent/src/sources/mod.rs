@@ -273,7 +273,6 @@ impl Descriptor {
 /// Every kind of source, in the order detectors are asked.
 pub const SOURCES: &[Descriptor] = &[
     exec::DESCRIPTOR,
-    env::DESCRIPTOR,
     #[cfg(feature = "ecr")]
     ecr::DESCRIPTOR,
     #[cfg(not(feature = "ecr"))]
@@ -282,6 +281,7 @@ pub const SOURCES: &[Descriptor] = &[
     github_app::DESCRIPTOR,
     #[cfg(not(feature = "github-app"))]
     Descriptor::left_out("github-app", "github-app"),
+    env::DESCRIPTOR,
 ];
 
 /// A `[[registry]]` entry whose source cannot be built.
@@ -457,5 +457,6 @@ mod tests {
         );
         assert_eq!(names()[..2], ["exec", "ecr"]);
         assert!(names().contains(&"github-app"), "{:?}", names());
+        assert!(names().contains(&"env"), "{:?}", names());
     }
 }
