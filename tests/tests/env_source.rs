@@ -103,7 +103,10 @@ fn an_unset_variable_passes_the_entry_over_and_ls_says_which() {
     let token = random_secret(20);
     let creds = env.parse_get(&get_with(
         &env,
-        &[("CI_REGISTRY_USER", "job"), ("CI_REGISTRY_PASSWORD", &token)],
+        &[
+            ("CI_REGISTRY_USER", "job"),
+            ("CI_REGISTRY_PASSWORD", &token),
+        ],
     ));
     assert_eq!((creds.username.as_str(), creds.secret), ("job", token));
 }
@@ -130,7 +133,8 @@ password = { env = "NGC_API_KEY" }
 fn raw_get(env: &TestEnv, proto: u32, get: serde_json::Value) -> serde_json::Value {
     let mut s = UnixStream::connect(&env.socket).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let hello = serde_json::json!({"type": "Hello", "proto": proto, "client": "cli", "version": "0"});
+    let hello =
+        serde_json::json!({"type": "Hello", "proto": proto, "client": "cli", "version": "0"});
     write_frame(&mut s, &hello).unwrap();
     write_frame(&mut s, &get).unwrap();
     let _: serde_json::Value = read_frame(&mut s).expect("hello answer");
@@ -174,6 +178,10 @@ password = "literal-hunter2-password"
     );
     let out = env.regent(&["start"]);
     assert!(!out.success(), "{}", out.stdout());
-    assert!(out.stderr().contains("must not hold the password"), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("must not hold the password"),
+        "{}",
+        out.stderr()
+    );
     assert!(!out.stderr().contains("hunter2"), "{}", out.stderr());
 }

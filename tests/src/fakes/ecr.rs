@@ -9,16 +9,14 @@
 //! from a given number on until it is opened; [`FakeEcr::kill`] stops
 //! answering and closes the port.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 
 use super::http::{HttpFake, Request, Response};
+use super::script::Script;
 
 pub const PRIVATE_TARGET: &str = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken";
 pub const PUBLIC_TARGET: &str = "SpencerFrontendService.GetAuthorizationToken";
@@ -49,21 +47,14 @@ pub struct Call {
 }
 
 struct State {
-    script: VecDeque<Reply>,
-    then: Reply,
     lifetime: Duration,
-    latency: Duration,
     prefix: String,
-    /// Calls numbered this or higher wait for `open`.
-    hold_from: Option<usize>,
     calls: Vec<Call>,
 }
 
 struct Shared {
     state: Mutex<State>,
-    gate: Condvar,
-    count: AtomicUsize,
-    dead: AtomicBool,
+    script: Script<Reply>,
 }
 
 pub struct FakeEcr {
@@ -77,17 +68,11 @@ impl FakeEcr {
     pub fn start(lifetime: Duration) -> FakeEcr {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                script: VecDeque::new(),
-                then: Reply::Token,
                 lifetime,
-                latency: Duration::ZERO,
                 prefix: "ecr-pw".into(),
-                hold_from: None,
                 calls: Vec::new(),
             }),
-            gate: Condvar::new(),
-            count: AtomicUsize::new(0),
-            dead: AtomicBool::new(false),
+            script: Script::new(Reply::Token),
         });
         let s = shared.clone();
         let http = HttpFake::start(move |req| answer(req, &s));
@@ -109,9 +94,7 @@ impl FakeEcr {
 
     /// The replies of the next calls, then `then` for every later one.
     pub fn script(&self, replies: &[Reply], then: Reply) {
-        let mut st = self.state();
-        st.script = replies.iter().cloned().collect();
-        st.then = then;
+        self.shared.script.set(replies, then);
     }
 
     pub fn set_lifetime(&self, lifetime: Duration) {
@@ -119,7 +102,7 @@ impl FakeEcr {
     }
 
     pub fn set_latency(&self, latency: Duration) {
-        self.state().latency = latency;
+        self.shared.script.set_latency(latency);
     }
 
     pub fn set_prefix(&self, prefix: &str) {
@@ -128,17 +111,16 @@ impl FakeEcr {
 
     /// Calls number `n` (1-based) and later wait until [`FakeEcr::open`].
     pub fn hold_from(&self, n: usize) {
-        self.state().hold_from = Some(n);
+        self.shared.script.hold_from(n);
     }
 
     pub fn open(&self) {
-        self.state().hold_from = None;
-        self.shared.gate.notify_all();
+        self.shared.script.open();
     }
 
     /// How many requests arrived (held ones included).
     pub fn calls(&self) -> usize {
-        self.shared.count.load(Ordering::SeqCst)
+        self.shared.script.calls()
     }
 
     pub fn log(&self) -> Vec<Call> {
@@ -153,8 +135,7 @@ impl FakeEcr {
     /// Stops answering: held and later calls get their connection closed,
     /// and the port stops accepting.
     pub fn kill(&mut self) {
-        self.shared.dead.store(true, Ordering::SeqCst);
-        self.shared.gate.notify_all();
+        self.shared.script.kill();
         self.http.kill();
     }
 }
@@ -180,7 +161,7 @@ fn credential_scope(authorization: &str) -> (String, String, String) {
 /// The reply to one request, or `None` (the connection is closed) once the
 /// fake is killed.
 fn answer(req: &Request, s: &Shared) -> Option<Response> {
-    if s.dead.load(Ordering::SeqCst) {
+    if s.script.is_dead() {
         return None;
     }
     let target = req.header("x-amz-target").unwrap_or_default();
@@ -188,29 +169,21 @@ fn answer(req: &Request, s: &Shared) -> Option<Response> {
     if target.is_empty() && req.text().contains("Action=AssumeRole") {
         return Some(assume_role(s, authorization, &req.text()));
     }
-    let n = s.count.fetch_add(1, Ordering::SeqCst) + 1;
+    let n = s.script.arrive()?;
     let (access_key_id, region, service) = credential_scope(authorization);
-    let (reply, lifetime, latency, prefix) = {
-        let mut st = s.state.lock().expect("fake ECR state");
-        st.calls.push(Call {
-            n,
-            target: target.to_owned(),
-            access_key_id: access_key_id.clone(),
-            region,
-            service,
-        });
-        while st.hold_from.is_some_and(|from| n >= from) && !s.dead.load(Ordering::SeqCst) {
-            st = s.gate.wait(st).expect("fake ECR gate");
-        }
-        let reply = st.script.pop_front().unwrap_or_else(|| st.then.clone());
-        (reply, st.lifetime, st.latency, st.prefix.clone())
+    s.state.lock().expect("fake ECR state").calls.push(Call {
+        n,
+        target: target.to_owned(),
+        access_key_id: access_key_id.clone(),
+        region,
+        service,
+    });
+    s.script.pass(n)?;
+    let reply = s.script.take();
+    let (lifetime, prefix) = {
+        let st = s.state.lock().expect("fake ECR state");
+        (st.lifetime, st.prefix.clone())
     };
-    if s.dead.load(Ordering::SeqCst) {
-        return None;
-    }
-    if !latency.is_zero() {
-        thread::sleep(latency);
-    }
     let public = target == PUBLIC_TARGET;
     let (status, body) = if target != PRIVATE_TARGET && !public {
         (

@@ -22,20 +22,19 @@
 //! Keys are made at test time by `openssl genrsa` ([`AppKey::generate`]),
 //! in the PKCS#1 PEM form GitHub hands out; none is ever committed.
 
-use std::collections::VecDeque;
 use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 
 use super::http::{HttpFake, Request, Response};
+use super::script::Script;
 
 pub const API_VERSION: &str = "2022-11-28";
 pub const ACCEPT: &str = "application/vnd.github+json";
@@ -186,14 +185,9 @@ pub struct Call {
 }
 
 struct State {
-    script: VecDeque<Reply>,
-    then: Reply,
     lifetime: Duration,
-    latency: Duration,
     /// Seconds the fake's clock is ahead of the real one.
     skew: i64,
-    /// Calls numbered this or higher wait for `open`.
-    hold_from: Option<usize>,
     calls: Vec<Call>,
     /// The last `x-ratelimit-reset` sent (Unix seconds, the fake's clock).
     reset: Option<i64>,
@@ -205,9 +199,7 @@ struct Shared {
     key: AppKey,
     prefix: String,
     state: Mutex<State>,
-    gate: Condvar,
-    count: AtomicUsize,
-    dead: AtomicBool,
+    script: Script<Reply>,
 }
 
 pub struct FakeGitHub {
@@ -227,18 +219,12 @@ impl FakeGitHub {
             key,
             prefix: format!("fake{}", crate::random_secret(12)),
             state: Mutex::new(State {
-                script: VecDeque::new(),
-                then: Reply::Token,
                 lifetime,
-                latency: Duration::ZERO,
                 skew: 0,
-                hold_from: None,
                 calls: Vec::new(),
                 reset: None,
             }),
-            gate: Condvar::new(),
-            count: AtomicUsize::new(0),
-            dead: AtomicBool::new(false),
+            script: Script::new(Reply::Token),
         });
         let s = shared.clone();
         let http = HttpFake::start(move |req| answer(req, &s));
@@ -264,13 +250,11 @@ impl FakeGitHub {
 
     /// The replies of the next calls that pass the checks, then `then`.
     pub fn script(&self, replies: &[Reply], then: Reply) {
-        let mut st = self.state();
-        st.script = replies.iter().cloned().collect();
-        st.then = then;
+        self.shared.script.set(replies, then);
     }
 
     pub fn set_latency(&self, latency: Duration) {
-        self.state().latency = latency;
+        self.shared.script.set_latency(latency);
     }
 
     /// Sets the fake's clock `secs` seconds ahead of the real one (behind
@@ -281,17 +265,16 @@ impl FakeGitHub {
 
     /// Calls number `n` (1-based) and later wait until [`FakeGitHub::open`].
     pub fn hold_from(&self, n: usize) {
-        self.state().hold_from = Some(n);
+        self.shared.script.hold_from(n);
     }
 
     pub fn open(&self) {
-        self.state().hold_from = None;
-        self.shared.gate.notify_all();
+        self.shared.script.open();
     }
 
     /// How many requests came to the token path (held ones included).
     pub fn calls(&self) -> usize {
-        self.shared.count.load(Ordering::SeqCst)
+        self.shared.script.calls()
     }
 
     pub fn log(&self) -> Vec<Call> {
@@ -318,8 +301,7 @@ impl FakeGitHub {
     /// Stops answering: held and later calls get their connection closed,
     /// and the port stops accepting.
     pub fn kill(&mut self) {
-        self.shared.dead.store(true, Ordering::SeqCst);
-        self.shared.gate.notify_all();
+        self.shared.script.kill();
         self.http.kill();
     }
 }
@@ -422,7 +404,7 @@ fn check_claims(claims: &serde_json::Value, app_id: &str, now: i64) -> Result<()
 /// The reply to one request, or `None` (the connection is closed) once the
 /// fake is killed.
 fn answer(req: &Request, s: &Shared) -> Option<Response> {
-    if s.dead.load(Ordering::SeqCst) {
+    if s.script.is_dead() {
         return None;
     }
     let arrived = SystemTime::now();
@@ -435,7 +417,7 @@ fn answer(req: &Request, s: &Shared) -> Option<Response> {
     let Some(installation) = installation.filter(|_| req.method == "POST") else {
         return Some(error(404, now, "Not Found"));
     };
-    let n = s.count.fetch_add(1, Ordering::SeqCst) + 1;
+    let n = s.script.arrive()?;
     let mut call = Call {
         n,
         at: arrived,
@@ -446,23 +428,10 @@ fn answer(req: &Request, s: &Shared) -> Option<Response> {
         claims: None,
     };
     let checked = check_request(req, s, now, &mut call);
-    let (reply, lifetime, latency) = {
-        let mut st = s.state.lock().expect("fake GitHub state");
-        while st.hold_from.is_some_and(|from| n >= from) && !s.dead.load(Ordering::SeqCst) {
-            st = s.gate.wait(st).expect("fake GitHub gate");
-        }
-        let reply = match checked {
-            Ok(()) => Ok(st.script.pop_front().unwrap_or_else(|| st.then.clone())),
-            Err(refusal) => Err(refusal),
-        };
-        (reply, st.lifetime, st.latency)
-    };
-    if s.dead.load(Ordering::SeqCst) {
-        return None;
-    }
-    if !latency.is_zero() {
-        thread::sleep(latency);
-    }
+    s.script.pass(n)?;
+    // A refused call takes no scripted reply.
+    let reply = checked.map(|()| s.script.take());
+    let lifetime = s.state.lock().expect("fake GitHub state").lifetime;
     let response = match reply {
         Err((status, message)) => {
             call.message = Some(message.clone());

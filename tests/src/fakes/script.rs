@@ -129,6 +129,8 @@ impl<R: Clone> Script<R> {
     /// before the script does not take one).
     pub fn take(&self) -> R {
         let mut plan = self.plan();
-        plan.replies.pop_front().unwrap_or_else(|| plan.then.clone())
+        plan.replies
+            .pop_front()
+            .unwrap_or_else(|| plan.then.clone())
     }
 }
