@@ -29,6 +29,16 @@ impl PrivateAgent {
         name: &str,
         extra: &[(&str, OsString)],
     ) -> Result<PrivateAgent, String> {
+        PrivateAgent::start_with_config(regent, name, extra, "")
+    }
+
+    /// As [`PrivateAgent::start`], with `config` as its config file.
+    pub fn start_with_config(
+        regent: &Path,
+        name: &str,
+        extra: &[(&str, OsString)],
+        config: &str,
+    ) -> Result<PrivateAgent, String> {
         let mut world = World::new(&format!("regent-bench-{name}."), StoreKind::Memory)?;
         for var in AWS_CALLER_VARIABLES {
             world.set_env(*var, None::<OsString>);
@@ -37,6 +47,9 @@ impl PrivateAgent {
         world.set_env("DOCKER_CONFIG", Some(docker_config));
         for (k, v) in extra {
             world.set_env(*k, Some(v));
+        }
+        if !config.is_empty() {
+            crate::sources::write_config(&world.config_home, config)?;
         }
         let pid = world
             .start_agent(regent)

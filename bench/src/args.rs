@@ -43,9 +43,12 @@ pub struct Args {
     /// Print one JSON object instead of the table
     #[arg(long)]
     pub json: bool,
-    /// Only the helper, the floors, sizes and RSS: no ECR, no load section
+    /// Only the helper, the floors, sizes and RSS: no ECR, sources or load section
     #[arg(long)]
     pub quick: bool,
+    /// Skip the sources section (the github-app and env gets)
+    #[arg(long)]
+    pub no_sources: bool,
     /// The agent executable
     #[arg(long, value_name = "PATH", default_value_os_t = next_to_this_program("regent"))]
     pub regent: PathBuf,
@@ -93,6 +96,11 @@ impl Args {
     /// Whether the ECR section runs.
     pub fn with_ecr(&self) -> bool {
         !self.quick && !self.ecr.no_ecr
+    }
+
+    /// Whether the sources section runs.
+    pub fn with_sources(&self) -> bool {
+        !self.quick && !self.no_sources
     }
 
     /// Whether the load section runs.

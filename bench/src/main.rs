@@ -20,7 +20,10 @@
 //! - `ecr` (a fourth kind, unless `--quick` or `--no-ecr`): the helper's `get`
 //!   of an ECR host whose token a second agent of this program's own holds
 //!   (see [`ecr`]); that section then counts token-endpoint calls over
-//!   `--ecr-gets` gets with short token lifetimes.
+//!   `--ecr-gets` gets with short token lifetimes;
+//! - `github-app` and `env` (unless `--quick` or `--no-sources`): the
+//!   helper's `get` of a host whose entry is that source, in a third agent
+//!   (see [`sources`]).
 //!
 //! Then, unless `--quick` or `--no-load`, the load section ([`load`]):
 //! per-operation latency beside the floor and the other Debian helpers,
@@ -53,6 +56,7 @@ mod load;
 mod proc;
 mod report;
 mod run;
+mod sources;
 mod system;
 mod timing;
 

@@ -10,6 +10,7 @@ use crate::args::Args;
 use crate::ecr::EcrReport;
 use crate::load::LoadReport;
 use crate::proc::Sample;
+use crate::sources::{self, SourcesReport};
 use crate::system::AgentMemory;
 use crate::timing::Subject;
 
@@ -86,6 +87,8 @@ pub struct Report<'a> {
     pub rss_note: Option<String>,
     pub ecr: Option<EcrReport>,
     pub ecr_note: Option<String>,
+    pub sources: Option<SourcesReport>,
+    pub sources_note: Option<String>,
     pub load: Option<LoadReport>,
     pub load_note: Option<String>,
 }
@@ -93,6 +96,15 @@ pub struct Report<'a> {
 impl Report<'_> {
     fn stats_of(&self, name: &str) -> Stats {
         stats(&self.subject(name).samples)
+    }
+
+    /// The medians of the sources section's kinds that were measured.
+    fn source_medians(&self) -> Vec<(&'static str, f64)> {
+        sources::KINDS
+            .iter()
+            .filter(|k| self.subjects.iter().any(|s| s.name == **k))
+            .map(|k| (*k, ms(self.stats_of(k).median)))
+            .collect()
     }
 
     fn subject(&self, name: &str) -> &Subject {
@@ -141,7 +153,7 @@ impl Report<'_> {
         let _ = writeln!(o);
         let _ = writeln!(
             o,
-            "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}  what",
+            "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}  what",
             "kind", "median", "p95", "p99", "min", "max", "peak RSS", "maxrss", "fails"
         );
         for s in self.subjects {
@@ -151,7 +163,7 @@ impl Report<'_> {
                 .map_or_else(|| "?".to_owned(), |p| format!("{:.2} MB", mb(p)));
             let _ = writeln!(
                 o,
-                "{:<8} {:>6.3} ms {:>6.3} ms {:>6.3} ms {:>6.3} ms {:>6.3} ms {:>9} {:>6.2} MB {:>6}  {}",
+                "{:<10} {:>6.3} ms {:>6.3} ms {:>6.3} ms {:>6.3} ms {:>6.3} ms {:>9} {:>6.2} MB {:>6}  {}",
                 s.name,
                 ms(st.median),
                 ms(st.p95),
@@ -244,6 +256,16 @@ impl Report<'_> {
         if let Some(note) = &self.ecr_note {
             let _ = writeln!(o, "\n{note}");
         }
+        if let Some(report) = &self.sources {
+            report.text(
+                &mut o,
+                &self.source_medians(),
+                ms(self.stats_of("helper").median),
+            );
+        }
+        if let Some(note) = &self.sources_note {
+            let _ = writeln!(o, "\n{note}");
+        }
         if let Some(load) = &self.load {
             load.text(&mut o);
         }
@@ -302,6 +324,11 @@ impl Report<'_> {
                 ms(self.stats_of("helper").median),
             )),
             "ecr_note": self.ecr_note,
+            "sources": self.sources.as_ref().map(|r| r.json(
+                &self.source_medians(),
+                ms(self.stats_of("helper").median),
+            )),
+            "sources_note": self.sources_note,
             "load": self.load.as_ref().map(LoadReport::json),
             "load_note": self.load_note,
             "targets": {

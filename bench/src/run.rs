@@ -16,6 +16,7 @@ use crate::ecr::EcrBench;
 use crate::proc::{Proc, run_capture, shorten};
 use crate::progress;
 use crate::report::Report;
+use crate::sources::SourcesBench;
 use crate::system::{agent_memory, is_stripped, loadavg};
 use crate::timing::{Subject, exact_peaks, round_robin, verify};
 
@@ -98,7 +99,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         ("floor", &args.floor),
         ("cat", &args.cat),
     ];
-    if args.server.is_none() || args.with_ecr() || args.with_load() {
+    if args.server.is_none() || args.with_ecr() || args.with_sources() || args.with_load() {
         needed.push(("regent", &args.regent));
     }
     for (what, path) in needed {
@@ -158,6 +159,23 @@ pub fn run(args: &Args) -> Result<(), String> {
         }
     }
 
+    // The other sources' agent: its gets join the round-robin too.
+    let mut sources = None;
+    let mut sources_note = None;
+    if args.with_sources() {
+        match SourcesBench::start(&args.regent, &args.helper, args.runs) {
+            Ok((bench, kinds)) => {
+                subjects.extend(kinds);
+                sources = Some(bench);
+            }
+            Err(e) => {
+                let note = format!("sources section skipped: {e}");
+                progress(&note);
+                sources_note = Some(note);
+            }
+        }
+    }
+
     let agent_before = agent_pid.and_then(agent_memory);
     let load_before = loadavg();
     let elapsed = round_robin(&mut subjects, args.warmup, args.runs)?;
@@ -169,6 +187,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         .len();
     let helper_stripped = is_stripped(&args.helper);
     let ecr = ecr.map(|e| e.finish(&args.helper, &args.ecr));
+    let sources = sources.map(SourcesBench::finish);
 
     let (load, load_note) = if args.with_load() {
         match crate::load::run(&args.load, &args.regent, &args.helper, &args.floor) {
@@ -197,6 +216,8 @@ pub fn run(args: &Args) -> Result<(), String> {
         rss_note,
         ecr,
         ecr_note,
+        sources,
+        sources_note,
         load,
         load_note,
     };

@@ -1,0 +1,185 @@
+//! The other token sources under the benchmark, each a kind of the main
+//! round-robin beside the static credential's `get`, in a private agent of
+//! their own (memory store) whose config has:
+//!
+//! - a `github-app` entry for [`GITHUB_HOST`], against the loopback fake of
+//!   GitHub's installation-token endpoint (`regent_tests::fakes::github`),
+//!   with an App key made at run time by `openssl` and handed over as a
+//!   named secret: the timed `get` is served from the token cache;
+//! - an `env` entry for [`ENV_HOST`]: the timed helper has the CI token in
+//!   its environment, and each `get` costs the `NeedEnv` round trip.
+//!
+//! Target: each median within [`TARGET_SOURCE_RATIO`] of the static `get`'s.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use regent_tests::fakes::github::{AppKey, FakeGitHub};
+use regent_tests::random_secret;
+use serde_json::{Value, json};
+
+use crate::agent::PrivateAgent;
+use crate::proc::run_capture;
+use crate::progress;
+use crate::report::mark;
+use crate::timing::{Subject, check_helper_answer};
+
+pub const GITHUB_HOST: &str = "ghcr.io";
+pub const ENV_HOST: &str = "registry.ci.example";
+/// A source's cached `get` median / the static `get` median.
+pub const TARGET_SOURCE_RATIO: f64 = 1.1;
+/// The kinds this section adds to the round-robin.
+pub const KINDS: &[&str] = &["github-app", "env"];
+const APP_ID: u64 = 123456;
+const INSTALLATION: u64 = 7890123;
+/// Never refreshed during the timing.
+const LIFETIME: Duration = Duration::from_secs(3600);
+
+pub struct SourcesBench {
+    agent: PrivateAgent,
+    fake: FakeGitHub,
+    /// Token-endpoint calls when the timing started.
+    calls_before: usize,
+}
+
+impl SourcesBench {
+    /// The agent, the fake, and the section's kinds, each checked with one
+    /// untimed `get` (the cold fetch).
+    pub fn start(
+        regent: &Path,
+        helper: &Path,
+        runs: usize,
+    ) -> Result<(SourcesBench, Vec<Subject>), String> {
+        let key = AppKey::generate()?;
+        let pem = key.private_pem.clone();
+        let fake = FakeGitHub::start(&APP_ID.to_string(), INSTALLATION, key, LIFETIME);
+        let config = format!(
+            "[[registry]]\nmatch = \"{GITHUB_HOST}\"\nsource = \"github-app\"\napp_id = {APP_ID}\n\
+             installation_id = {INSTALLATION}\nprivate_key = {{ secret = \"gh-app\" }}\n\
+             api_url = \"{}\"\n\n\
+             [[registry]]\nmatch = \"{ENV_HOST}\"\nsource = \"env\"\n\
+             username = \"ci\"\npassword = {{ env = \"BENCH_CI_TOKEN\" }}\n",
+            fake.url()
+        );
+        progress(&format!(
+            "sources: fake GitHub on {}, a third agent (memory store) with a github-app and an env entry",
+            fake.url()
+        ));
+        let agent = PrivateAgent::start_with_config(regent, "sources", &[], &config)?;
+        let out = run_capture(
+            &agent.proc(regent, &["secret", "set", "gh-app"]),
+            pem.as_bytes(),
+        )?;
+        if !out.status.success() {
+            return Err(format!(
+                "`regent secret set gh-app` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let github = Subject::new(
+            "github-app",
+            format!("docker-credential-regent get {GITHUB_HOST} (GitHub App token cached)"),
+            agent.proc(helper, &["get"]),
+            GITHUB_HOST.as_bytes(),
+            runs,
+        );
+        let mut env_proc = agent.proc(helper, &["get"]);
+        env_proc.env.push((
+            OsString::from("BENCH_CI_TOKEN"),
+            Some(OsString::from(random_secret(40))),
+        ));
+        let env = Subject::new(
+            "env",
+            format!(
+                "docker-credential-regent get {ENV_HOST} (env source: NeedEnv, then the token)"
+            ),
+            env_proc,
+            ENV_HOST.as_bytes(),
+            runs,
+        );
+        for s in [&github, &env] {
+            let out = run_capture(&s.proc, &s.input)?;
+            if let Some(problem) = check_helper_answer(&out) {
+                return Err(format!(
+                    "the {} `get` is not fit to be timed: {problem}",
+                    s.name
+                ));
+            }
+        }
+        let calls_before = fake.calls();
+        Ok((
+            SourcesBench {
+                agent,
+                fake,
+                calls_before,
+            },
+            vec![github, env],
+        ))
+    }
+
+    /// Token-endpoint calls during the timing (0 expected: cached), then
+    /// stops the agent and the fake.
+    pub fn finish(mut self) -> SourcesReport {
+        let calls = self.fake.calls() - self.calls_before;
+        self.agent.stop();
+        self.fake.kill();
+        SourcesReport {
+            github_calls_during_timing: calls,
+        }
+    }
+}
+
+pub struct SourcesReport {
+    pub github_calls_during_timing: usize,
+}
+
+impl SourcesReport {
+    /// `medians`: (kind, median ms) of [`KINDS`]; `static_ms`: the static
+    /// `get`'s median.
+    pub fn text(&self, o: &mut String, medians: &[(&str, f64)], static_ms: f64) {
+        use std::fmt::Write;
+        let _ = writeln!(o, "\nsources (cached get vs the static get, same run):");
+        for (kind, median) in medians {
+            let ratio = median / static_ms;
+            let _ = writeln!(
+                o,
+                "  {kind:<11} median {median:.3} ms   / static {static_ms:.3} ms: {ratio:.3}x   target <= {TARGET_SOURCE_RATIO}x   {}",
+                mark(ratio <= TARGET_SOURCE_RATIO)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "  github-app token-endpoint calls during the timing: {}   expected 0   {}",
+            self.github_calls_during_timing,
+            mark(self.github_calls_during_timing == 0)
+        );
+    }
+
+    pub fn json(&self, medians: &[(&str, f64)], static_ms: f64) -> Value {
+        let rows: Vec<Value> = medians
+            .iter()
+            .map(|(kind, median)| {
+                let ratio = median / static_ms;
+                json!({
+                    "kind": kind,
+                    "median_ms": median,
+                    "ratio_to_static": ratio,
+                    "target": {"limit": TARGET_SOURCE_RATIO, "pass": ratio <= TARGET_SOURCE_RATIO},
+                })
+            })
+            .collect();
+        json!({
+            "kinds": rows,
+            "github_calls_during_timing": self.github_calls_during_timing,
+        })
+    }
+}
+
+/// The config file of a world whose XDG config home is `config_home`.
+pub fn write_config(config_home: &Path, text: &str) -> Result<(), String> {
+    let dir = config_home.join("regent");
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    fs::write(dir.join("config.toml"), text).map_err(|e| format!("cannot write the config: {e}"))
+}
