@@ -152,22 +152,15 @@ impl EnvSource {
         };
         let secret = match &self.password {
             Password::Env(name) => Secret::new(from_caller(name)?),
-            Password::Secret(name) => ctx
-                .secrets
-                .secret(name)
-                .await
-                .map_err(|e| {
-                    SourceError::transient(format!(
-                        "{registry}: cannot read the secret {name:?}: {}",
-                        text::clip(&e)
-                    ))
-                })?
-                .ok_or_else(|| {
-                    SourceError::permanent(format!(
-                        "{registry}: the secret {name:?} (`password` of its `env` entry) is not \
-                         set; store it with `regent secret set {name}`"
-                    ))
-                })?,
+            Password::Secret(name) => {
+                ctx.named_secret(
+                    &format!("{registry}: "),
+                    name,
+                    "`password` of its `env` entry",
+                    &format!("store it with `regent secret set {name}`"),
+                )
+                .await?
+            }
         };
         Ok(Token {
             username,

@@ -213,22 +213,13 @@ impl Exec {
                 }
                 EnvValue::Secret(r) => {
                     let secret = ctx
-                        .secrets
-                        .secret(&r.secret)
-                        .await
-                        .map_err(|e| {
-                            SourceError::transient(format!(
-                                "cannot read the secret {:?}: {e}",
-                                r.secret
-                            ))
-                        })?
-                        .ok_or_else(|| {
-                            SourceError::permanent(format!(
-                                "the secret {:?} (env.{name} in the config) is not set; \
-                                 set it with `regent secret set {}`",
-                                r.secret, r.secret
-                            ))
-                        })?;
+                        .named_secret(
+                            "",
+                            &r.secret,
+                            &format!("env.{name} in the config"),
+                            &format!("set it with `regent secret set {}`", r.secret),
+                        )
+                        .await?;
                     redactor.add_secret(&r.secret, secret.expose());
                     cmd.env(name, secret.expose());
                 }

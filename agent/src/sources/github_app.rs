@@ -242,22 +242,15 @@ impl GitHubApp {
         let pem: Zeroizing<Vec<u8>> = match &self.key {
             KeySource::Secret(name) => {
                 let secret = ctx
-                    .secrets
-                    .secret(name)
-                    .await
-                    .map_err(|e| {
-                        SourceError::transient(format!(
-                            "{what}: cannot read the secret {name:?}: {}",
-                            text::clip(&e)
-                        ))
-                    })?
-                    .ok_or_else(|| {
-                        SourceError::permanent(format!(
-                            "{what}: the secret {name:?} (`private_key` in the config) is not \
-                             set; store the App's private key with \
-                             `regent secret set {name} < app.pem`"
-                        ))
-                    })?;
+                    .named_secret(
+                        &format!("{what}: "),
+                        name,
+                        "`private_key` in the config",
+                        &format!(
+                            "store the App's private key with `regent secret set {name} < app.pem`"
+                        ),
+                    )
+                    .await?;
                 Zeroizing::new(secret.expose().as_bytes().to_vec())
             }
             KeySource::File(path) => read_key_file(path).await.map_err(|e| {

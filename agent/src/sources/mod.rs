@@ -192,6 +192,33 @@ impl Context {
     pub fn with_clock(self, clock: Arc<dyn Clock>) -> Context {
         Context { clock, ..self }
     }
+
+    /// The named secret `name` that a setting refers to. `prefix` starts
+    /// both messages (who asks, with its `: `, or nothing); `setting` says
+    /// where the name was written and `how` how to set it. A store that
+    /// cannot be read is transient, a secret that is not set permanent.
+    pub async fn named_secret(
+        &self,
+        prefix: &str,
+        name: &str,
+        setting: &str,
+        how: &str,
+    ) -> Result<Secret, SourceError> {
+        self.secrets
+            .secret(name)
+            .await
+            .map_err(|e| {
+                SourceError::transient(format!(
+                    "{prefix}cannot read the secret {name:?}: {}",
+                    text::clip(&e)
+                ))
+            })?
+            .ok_or_else(|| {
+                SourceError::permanent(format!(
+                    "{prefix}the secret {name:?} ({setting}) is not set; {how}"
+                ))
+            })
+    }
 }
 
 /// A way to obtain a registry credential.
