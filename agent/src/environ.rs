@@ -11,7 +11,9 @@
 //! - [`KEPT`]: `HOME`, `USER`, `LOGNAME`, `PATH`, `SHELL`, `LANG`,
 //!   `LANGUAGE`, `TZ`, `TMPDIR`, `DBUS_SESSION_BUS_ADDRESS` (the Secret
 //!   Service), systemd's `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES` and
-//!   `NOTIFY_SOCKET`, `SSL_CERT_FILE`, `SSL_CERT_DIR`, and the proxy
+//!   `NOTIFY_SOCKET`, `SSL_CERT_FILE`, `SSL_CERT_DIR`, the machine's
+//!   metadata endpoints `GCE_METADATA_HOST` (Google) and
+//!   `AZURE_POD_IDENTITY_AUTHORITY_HOST` (Azure), and the proxy
 //!   variables `http_proxy`, `https_proxy`, `no_proxy`, `all_proxy` in lower
 //!   and upper case;
 //! - [`KEPT_PREFIXES`]: `LC_*`, `XDG_*`, and `REGENT_*` except
@@ -70,6 +72,8 @@ pub const KEPT: &[&str] = &[
     "NOTIFY_SOCKET",
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
+    "GCE_METADATA_HOST",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
     "http_proxy",
     "https_proxy",
     "no_proxy",

@@ -7,7 +7,9 @@
 //! `REGENT_*` and `XDG_*` variables; it gets `HOME`, `XDG_RUNTIME_DIR`
 //! (0700), `XDG_CONFIG_HOME`, `XDG_DATA_HOME`, `XDG_STATE_HOME`,
 //! `XDG_CACHE_HOME`, `REGENT_SOCKET`, `REGENT_STORE` and
-//! `AWS_EC2_METADATA_DISABLED=true`, then whatever [`World::set_env`] added.
+//! `AWS_EC2_METADATA_DISABLED=true`, the Google and Azure metadata
+//! endpoints on a closed loopback port ([`CLOSED_METADATA`]), none of
+//! [`CLOUD_CALLER_VARIABLES`], then whatever [`World::set_env`] added.
 //! Dropping the world stops its agent and removes the directory.
 
 use std::ffi::OsString;
@@ -43,6 +45,25 @@ pub const AWS_CALLER_VARIABLES: &[&str] = &[
     "AWS_CONFIG_FILE",
     "AWS_SHARED_CREDENTIALS_FILE",
 ];
+
+/// The caller's Google and Azure variables that would pick an identity or
+/// an endpoint: a world unsets them all.
+pub const CLOUD_CALLER_VARIABLES: &[&str] = &[
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "CLOUDSDK_CONFIG",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+    "AZURE_CONFIG_DIR",
+];
+
+/// Where a world's agent finds the Google metadata server
+/// (`GCE_METADATA_HOST`) and Azure's (`AZURE_POD_IDENTITY_AUTHORITY_HOST`)
+/// unless a test points them at a fake: a loopback port nothing listens on,
+/// so a credential chain that reaches them is refused there, never sent
+/// off the machine.
+pub const CLOSED_METADATA: &str = "127.0.0.1:1";
 
 /// The store backend of a world (under test, for [`crate::TestEnv`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +166,7 @@ impl World {
         }
         let socket = runtime_dir.join("regent").join("agent.sock");
         let path = |p: &Path| Some(p.as_os_str().to_owned());
-        let env = vec![
+        let mut env = vec![
             ("HOME".into(), path(&home)),
             ("XDG_RUNTIME_DIR".into(), path(&runtime_dir)),
             ("XDG_CONFIG_HOME".into(), path(&config_home)),
@@ -155,7 +176,13 @@ impl World {
             ("REGENT_SOCKET".into(), path(&socket)),
             ("REGENT_STORE".into(), Some(store.name().into())),
             ("AWS_EC2_METADATA_DISABLED".into(), Some("true".into())),
+            ("GCE_METADATA_HOST".into(), Some(CLOSED_METADATA.into())),
+            (
+                "AZURE_POD_IDENTITY_AUTHORITY_HOST".into(),
+                Some(format!("http://{CLOSED_METADATA}").into()),
+            ),
         ];
+        env.extend(CLOUD_CALLER_VARIABLES.iter().map(|v| ((*v).into(), None)));
         Ok(World {
             dir: Some(dir),
             root,

@@ -32,6 +32,7 @@
 
 #[cfg(feature = "ecr")]
 pub mod ecr;
+pub mod cli;
 pub mod env;
 pub mod exec;
 #[cfg(feature = "github-app")]
