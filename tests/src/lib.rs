@@ -61,6 +61,4 @@ pub use process::{
     wait_until, which,
 };
 pub use skip::{current_test, not_applicable, skip, strict};
-pub use world::{
-    AWS_CALLER_VARIABLES, CLOSED_METADATA, CLOUD_CALLER_VARIABLES, StoreKind, World,
-};
+pub use world::{AWS_CALLER_VARIABLES, CLOSED_METADATA, CLOUD_CALLER_VARIABLES, StoreKind, World};

@@ -8,7 +8,8 @@
 //! (0700), `XDG_CONFIG_HOME`, `XDG_DATA_HOME`, `XDG_STATE_HOME`,
 //! `XDG_CACHE_HOME`, `REGENT_SOCKET`, `REGENT_STORE` and
 //! `AWS_EC2_METADATA_DISABLED=true`, the Google and Azure metadata
-//! endpoints on a closed loopback port ([`CLOSED_METADATA`]), none of
+//! endpoints on a closed loopback port ([`CLOSED_METADATA`]), no cloud
+//! CLI (`REGENT_GCLOUD=`, `REGENT_AZ=`), none of
 //! [`CLOUD_CALLER_VARIABLES`], then whatever [`World::set_env`] added.
 //! Dropping the world stops its agent and removes the directory.
 
@@ -177,6 +178,10 @@ impl World {
             ("REGENT_STORE".into(), Some(store.name().into())),
             ("AWS_EC2_METADATA_DISABLED".into(), Some("true".into())),
             ("GCE_METADATA_HOST".into(), Some(CLOSED_METADATA.into())),
+            // No cloud CLI step (a machine may have gcloud or az installed,
+            // and they would reach the network): a test names a stub.
+            ("REGENT_GCLOUD".into(), Some("".into())),
+            ("REGENT_AZ".into(), Some("".into())),
             (
                 "AZURE_POD_IDENTITY_AUTHORITY_HOST".into(),
                 Some(format!("http://{CLOSED_METADATA}").into()),

@@ -2,7 +2,13 @@
 //! credential chain: run with a bound on time and on output, never through a
 //! shell, and never able to hang a `get`.
 //!
-//! The program is looked up on the agent's `PATH`, with the agent's own
+//! Which program runs is [`Cli::from_env`]'s to say: a variable of the
+//! agent's environment (`REGENT_GCLOUD`, `REGENT_AZ`) names it (a systemd
+//! user unit's `PATH` rarely holds `~/google-cloud-sdk/bin`), or turns the
+//! step off when set and empty; unset, the bare name is looked up on the
+//! agent's `PATH`.
+//!
+//! The program runs with the agent's own
 //! environment (see [`crate::environ`]) less regent's variables and
 //! systemd's (`REGENT_*`, `LISTEN_*`, `NOTIFY_SOCKET`), plus what the
 //! source passes (the caller's `CLOUDSDK_CONFIG`, say). stdin is
@@ -27,6 +33,33 @@ use super::text;
 
 /// How much of the end of stderr is kept.
 const STDERR_TAIL: usize = 4 << 10;
+
+/// The CLI a step runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cli {
+    pub program: String,
+    /// Named by the variable, not found on `PATH`: its absence is an
+    /// error, not a step that does not apply.
+    pub explicit: bool,
+}
+
+impl Cli {
+    /// The CLI the agent's variable `var` names, else `default` on `PATH`;
+    /// `None` when `var` is set and empty (the step is off).
+    pub fn from_env(var: &str, default: &str) -> Option<Cli> {
+        match std::env::var_os(var) {
+            None => Some(Cli {
+                program: default.to_owned(),
+                explicit: false,
+            }),
+            Some(v) if v.is_empty() => None,
+            Some(v) => Some(Cli {
+                program: v.to_string_lossy().into_owned(),
+                explicit: true,
+            }),
+        }
+    }
+}
 
 /// What the program did.
 pub struct Output {
@@ -207,7 +240,10 @@ mod tests {
     async fn reads_stdout_and_quotes_stderr_without_it() {
         let out = run(
             "sh",
-            &["-c", "echo tok-12345; echo \"refused tok-12345\" >&2; exit 3"],
+            &[
+                "-c",
+                "echo tok-12345; echo \"refused tok-12345\" >&2; exit 3",
+            ],
             &[],
             SEC,
             1024,
@@ -223,8 +259,14 @@ mod tests {
     async fn passes_env_and_hides_regent_variables() {
         let out = run(
             "sh",
-            &["-c", "printf '%s|%s' \"$ONE\" \"${REGENT_PROBE_CLI-unset}\""],
-            &[("ONE", OsStr::new("1")), ("REGENT_PROBE_CLI", OsStr::new("x"))],
+            &[
+                "-c",
+                "printf '%s|%s' \"$ONE\" \"${REGENT_PROBE_CLI-unset}\"",
+            ],
+            &[
+                ("ONE", OsStr::new("1")),
+                ("REGENT_PROBE_CLI", OsStr::new("x")),
+            ],
             SEC,
             1024,
         )

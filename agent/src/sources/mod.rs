@@ -30,11 +30,13 @@
 //! Errors name the source and the registry and say what to do next. They
 //! never carry a secret, and never anything a command printed on stdout.
 
+pub mod cli;
 #[cfg(feature = "ecr")]
 pub mod ecr;
-pub mod cli;
 pub mod env;
 pub mod exec;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 #[cfg(feature = "github-app")]
 pub mod github_app;
 #[cfg(feature = "http")]
@@ -309,6 +311,10 @@ pub const SOURCES: &[Descriptor] = &[
     github_app::DESCRIPTOR,
     #[cfg(not(feature = "github-app"))]
     Descriptor::left_out("github-app", "github-app"),
+    #[cfg(feature = "gcp")]
+    gcp::DESCRIPTOR,
+    #[cfg(not(feature = "gcp"))]
+    Descriptor::left_out("gcp", "gcp"),
     env::DESCRIPTOR,
 ];
 
@@ -486,5 +492,6 @@ mod tests {
         assert_eq!(names()[..2], ["exec", "ecr"]);
         assert!(names().contains(&"github-app"), "{:?}", names());
         assert!(names().contains(&"env"), "{:?}", names());
+        assert!(names().contains(&"gcp"), "{:?}", names());
     }
 }

@@ -120,6 +120,25 @@ impl AppKey {
         })
     }
 
+    /// The private key as PKCS#8 PEM (`BEGIN PRIVATE KEY`, the form of
+    /// Google's service account keys).
+    pub fn pkcs8_pem(&self) -> Result<String, String> {
+        let out = Command::new("openssl")
+            .args(["pkcs8", "-topk8", "-nocrypt", "-in"])
+            .arg(&self.private_path)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| format!("cannot run openssl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "openssl pkcs8 failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        String::from_utf8(out.stdout).map_err(|_| "openssl pkcs8 printed no PEM".into())
+    }
+
     /// Whether `signature` is this key's RS256 signature of `message`.
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         static N: AtomicUsize = AtomicUsize::new(0);
@@ -359,22 +378,29 @@ fn error(status: u16, now: i64, message: &str) -> Response {
 
 /// The claims of `jwt` if its header says RS256 and the App's key signed it.
 fn check_jwt(jwt: &str, key: &AppKey) -> Result<serde_json::Value, &'static str> {
+    decode_rs256(jwt, key)
+        .map(|(_, claims)| claims)
+        .ok_or(UNDECODABLE_MESSAGE)
+}
+
+/// The header and claims of `jwt` if its header says RS256 and `key`
+/// signed it.
+pub fn decode_rs256(jwt: &str, key: &AppKey) -> Option<(serde_json::Value, serde_json::Value)> {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let (signed, signature) = jwt.rsplit_once('.').ok_or(UNDECODABLE_MESSAGE)?;
-    let (header, claims) = signed.split_once('.').ok_or(UNDECODABLE_MESSAGE)?;
-    let part = |p: &str| -> Result<serde_json::Value, &'static str> {
-        let bytes = b64.decode(p).map_err(|_| UNDECODABLE_MESSAGE)?;
-        serde_json::from_slice(&bytes).map_err(|_| UNDECODABLE_MESSAGE)
+    let (signed, signature) = jwt.rsplit_once('.')?;
+    let (header, claims) = signed.split_once('.')?;
+    let part = |p: &str| -> Option<serde_json::Value> {
+        serde_json::from_slice(&b64.decode(p).ok()?).ok()
     };
     let header = part(header)?;
     if header["alg"] != "RS256" {
-        return Err(UNDECODABLE_MESSAGE);
+        return None;
     }
-    let signature = b64.decode(signature).map_err(|_| UNDECODABLE_MESSAGE)?;
+    let signature = b64.decode(signature).ok()?;
     if !key.verifies(signed.as_bytes(), &signature) {
-        return Err(UNDECODABLE_MESSAGE);
+        return None;
     }
-    part(claims)
+    Some((header, part(claims)?))
 }
 
 /// What GitHub says of the claims at `now` (its clock), if it refuses them.

@@ -1,9 +1,11 @@
 //! Loopback fakes of the services regent talks to: [`http`], a tiny HTTP/1.1
 //! server the others are built on; [`script`], the scripted replies, gate
-//! and death they share; [`ecr`], ECR's and STS's token APIs; and
-//! [`github`], GitHub's installation-token endpoint.
+//! and death they share; [`ecr`], ECR's and STS's token APIs;
+//! [`github`], GitHub's installation-token endpoint; and [`gcp`], Google's
+//! OAuth2 token endpoint and metadata server.
 
 pub mod ecr;
+pub mod gcp;
 pub mod github;
 pub mod http;
 pub mod script;
