@@ -6,8 +6,15 @@
 //!   GitHub's installation-token endpoint (`regent_tests::fakes::github`),
 //!   with an App key made at run time by `openssl` and handed over as a
 //!   named secret: the timed `get` is served from the token cache;
+//! - a `gcp` entry for [`GCP_HOST`] whose `credentials_file` is a service
+//!   account key (made at run time) with its `token_uri` on the loopback
+//!   fake of Google's token endpoint (`regent_tests::fakes::gcp`): the
+//!   timed `get` is served from the token cache;
 //! - an `env` entry for [`ENV_HOST`]: the timed helper has the CI token in
 //!   its environment, and each `get` costs the `NeedEnv` round trip.
+//!
+//! Every fake's token-endpoint calls during the timing are counted: 0 is
+//! expected (the tokens live an hour).
 //!
 //! Target: each median within [`TARGET_SOURCE_RATIO`] of the static `get`'s.
 
@@ -16,6 +23,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use regent_tests::fakes::gcp::FakeGoogle;
 use regent_tests::fakes::github::{AppKey, FakeGitHub};
 use regent_tests::random_secret;
 use serde_json::{Value, json};
@@ -28,10 +36,11 @@ use crate::timing::{Subject, check_helper_answer};
 
 pub const GITHUB_HOST: &str = "ghcr.io";
 pub const ENV_HOST: &str = "registry.ci.example";
+pub const GCP_HOST: &str = "europe-west1-docker.pkg.dev";
 /// A source's cached `get` median / the static `get` median.
 pub const TARGET_SOURCE_RATIO: f64 = 1.1;
 /// The kinds this section adds to the round-robin.
-pub const KINDS: &[&str] = &["github-app", "env"];
+pub const KINDS: &[&str] = &["github-app", "gcp", "env"];
 const APP_ID: u64 = 123456;
 const INSTALLATION: u64 = 7890123;
 /// Never refreshed during the timing.
@@ -39,9 +48,12 @@ const LIFETIME: Duration = Duration::from_secs(3600);
 
 pub struct SourcesBench {
     agent: PrivateAgent,
-    fake: FakeGitHub,
-    /// Token-endpoint calls when the timing started.
-    calls_before: usize,
+    github: FakeGitHub,
+    google: FakeGoogle,
+    /// Holds the service account's key file.
+    _keys: tempfile::TempDir,
+    /// Token-endpoint calls of each fake when the timing started.
+    calls_before: [usize; 2],
 }
 
 impl SourcesBench {
@@ -55,17 +67,28 @@ impl SourcesBench {
         let key = AppKey::generate()?;
         let pem = key.private_pem.clone();
         let fake = FakeGitHub::start(&APP_ID.to_string(), INSTALLATION, key, LIFETIME);
+        let google = FakeGoogle::start(AppKey::generate()?, LIFETIME);
+        let keys = tempfile::Builder::new()
+            .prefix("regent-bench-gcp.")
+            .tempdir()
+            .map_err(|e| format!("a directory for the service account key: {e}"))?;
+        let key_file = google.write_key_file(keys.path(), "pusher.json");
         let config = format!(
             "[[registry]]\nmatch = \"{GITHUB_HOST}\"\nsource = \"github-app\"\napp_id = {APP_ID}\n\
              installation_id = {INSTALLATION}\nprivate_key = {{ secret = \"gh-app\" }}\n\
              api_url = \"{}\"\n\n\
+             [[registry]]\nmatch = \"{GCP_HOST}\"\nsource = \"gcp\"\n\
+             credentials_file = \"{}\"\n\n\
              [[registry]]\nmatch = \"{ENV_HOST}\"\nsource = \"env\"\n\
              username = \"ci\"\npassword = {{ env = \"BENCH_CI_TOKEN\" }}\n",
-            fake.url()
+            fake.url(),
+            key_file.display()
         );
         progress(&format!(
-            "sources: fake GitHub on {}, a third agent (memory store) with a github-app and an env entry",
-            fake.url()
+            "sources: fake GitHub on {}, fake Google on {}, a third agent (memory store) with \
+             github-app, gcp and env entries",
+            fake.url(),
+            google.token_uri()
         ));
         let agent = PrivateAgent::start_with_config(regent, "sources", &[], &config)?;
         let out = run_capture(
@@ -85,6 +108,13 @@ impl SourcesBench {
             GITHUB_HOST.as_bytes(),
             runs,
         );
+        let gcp = Subject::new(
+            "gcp",
+            format!("docker-credential-regent get {GCP_HOST} (Google access token cached)"),
+            agent.proc(helper, &["get"]),
+            GCP_HOST.as_bytes(),
+            runs,
+        );
         let mut env_proc = agent.proc(helper, &["get"]);
         env_proc.env.push((
             OsString::from("BENCH_CI_TOKEN"),
@@ -99,7 +129,7 @@ impl SourcesBench {
             ENV_HOST.as_bytes(),
             runs,
         );
-        for s in [&github, &env] {
+        for s in [&github, &gcp, &env] {
             let out = run_capture(&s.proc, &s.input)?;
             if let Some(problem) = check_helper_answer(&out) {
                 return Err(format!(
@@ -108,31 +138,38 @@ impl SourcesBench {
                 ));
             }
         }
-        let calls_before = fake.calls();
+        let calls_before = [fake.calls(), google.calls()];
         Ok((
             SourcesBench {
                 agent,
-                fake,
+                github: fake,
+                google,
+                _keys: keys,
                 calls_before,
             },
-            vec![github, env],
+            vec![github, gcp, env],
         ))
     }
 
     /// Token-endpoint calls during the timing (0 expected: cached), then
     /// stops the agent and the fake.
     pub fn finish(mut self) -> SourcesReport {
-        let calls = self.fake.calls() - self.calls_before;
+        let calls = [
+            ("github-app", self.github.calls() - self.calls_before[0]),
+            ("gcp", self.google.calls() - self.calls_before[1]),
+        ];
         self.agent.stop();
-        self.fake.kill();
+        self.github.kill();
+        self.google.kill();
         SourcesReport {
-            github_calls_during_timing: calls,
+            calls_during_timing: calls.to_vec(),
         }
     }
 }
 
 pub struct SourcesReport {
-    pub github_calls_during_timing: usize,
+    /// (kind, token-endpoint calls while the gets were timed).
+    pub calls_during_timing: Vec<(&'static str, usize)>,
 }
 
 impl SourcesReport {
@@ -149,12 +186,13 @@ impl SourcesReport {
                 mark(ratio <= TARGET_SOURCE_RATIO)
             );
         }
-        let _ = writeln!(
-            o,
-            "  github-app token-endpoint calls during the timing: {}   expected 0   {}",
-            self.github_calls_during_timing,
-            mark(self.github_calls_during_timing == 0)
-        );
+        for (kind, calls) in &self.calls_during_timing {
+            let _ = writeln!(
+                o,
+                "  {kind:<11} token-endpoint calls during the timing: {calls}   expected 0   {}",
+                mark(*calls == 0)
+            );
+        }
     }
 
     pub fn json(&self, medians: &[(&str, f64)], static_ms: f64) -> Value {
@@ -172,7 +210,11 @@ impl SourcesReport {
             .collect();
         json!({
             "kinds": rows,
-            "github_calls_during_timing": self.github_calls_during_timing,
+            "calls_during_timing": self
+                .calls_during_timing
+                .iter()
+                .map(|(kind, calls)| json!({"kind": kind, "calls": calls, "pass": *calls == 0}))
+                .collect::<Vec<_>>(),
         })
     }
 }

@@ -37,7 +37,8 @@
 //!    agent's environment (as Google's own libraries read it) or
 //!    169.254.169.254. An answer without `Metadata-Flavor: Google` (another
 //!    cloud's metadata service at that address) is not Google's; no answer
-//!    within [`METADATA_TIMEOUT`] means there is no metadata server.
+//!    within [`METADATA_TIMEOUT`] means there is no metadata server, and
+//!    the agent believes that of the host for [`METADATA_ABSENT_FOR`].
 //! 4. The gcloud CLI (`REGENT_GCLOUD` of the agent's environment, else
 //!    `gcloud` on its `PATH`; `REGENT_GCLOUD=` turns the step off):
 //!    `gcloud config config-helper
@@ -79,10 +80,9 @@
 //! error; a file's contents are never quoted.
 
 use std::ffi::OsStr;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hyper::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use hyper::{Method, Request};
@@ -92,7 +92,7 @@ use regent_shared::registry::RegistryKey;
 use serde::{Deserialize, Deserializer, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use super::http::{Body, HttpError, Reply};
+use super::http::{self, Body, HttpError, Reply, form};
 use super::{
     BoxFuture, CallerEnv, Context, Descriptor, Source, SourceError, SourceRequest, Token, cli, text,
 };
@@ -121,6 +121,8 @@ pub const METADATA_PATH: &str = "/computeMetadata/v1/instance/service-accounts/d
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The metadata server answers at once where there is one.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a metadata host that did not answer is taken to have none.
+const METADATA_ABSENT_FOR: Duration = Duration::from_secs(300);
 /// `gcloud config config-helper` (it may refresh its own token first).
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(15);
 /// The whole fetch, within the helper's wait for the agent.
@@ -307,11 +309,15 @@ impl Gcp {
         if let Some(token) = gcloud(registry, &req.env, ctx).await {
             return token;
         }
+        let cli = match cli::Cli::from_env(GCLOUD_ENV, "gcloud") {
+            Some(_) => "no gcloud CLI is on the agent's PATH either",
+            None => "the gcloud CLI step is off (REGENT_GCLOUD is set and empty)",
+        };
         Err(SourceError::permanent(format!(
             "no Google credentials for {registry}: point GOOGLE_APPLICATION_CREDENTIALS (or \
              `credentials_file` in a [[registry]] entry) at a service account key, or run \
              `gcloud auth application-default login`, or run where a metadata server gives a \
-             service account (GCE, GKE); no gcloud CLI was found on the agent's PATH either"
+             service account (GCE, GKE); {cli}"
         )))
     }
 
@@ -322,7 +328,10 @@ impl Gcp {
         origin: Origin,
         ctx: &Context,
     ) -> Result<Token, SourceError> {
-        let what = format!("{registry}: the Google credentials {}", path.display());
+        let what = format!(
+            "{registry}: the Google credentials {}",
+            text::clip(&path.display().to_string())
+        );
         let raw = read_file(path).await.map_err(|e| {
             SourceError::permanent(format!(
                 "{what} (from {}) cannot be read: {e}",
@@ -515,6 +524,11 @@ fn adc_path(env: &CallerEnv) -> Option<PathBuf> {
     Some(dir.join("application_default_credentials.json"))
 }
 
+/// The metadata host that did not answer last, and until when that is
+/// believed: a workstation pays [`METADATA_TIMEOUT`] once in a while, not
+/// at every fetch.
+static METADATA_ABSENT: Mutex<Option<(String, Instant)>> = Mutex::new(None);
+
 /// The metadata server's token; `None` when there is no metadata server.
 async fn metadata(registry: &str, ctx: &Context) -> Option<Result<Token, SourceError>> {
     let host = std::env::var(METADATA_HOST_ENV)
@@ -522,6 +536,19 @@ async fn metadata(registry: &str, ctx: &Context) -> Option<Result<Token, SourceE
         .map(|h| h.trim().trim_end_matches('/').to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| METADATA_IP.to_owned());
+    let absent = |until: Option<Instant>| {
+        let mut memo = METADATA_ABSENT.lock().unwrap_or_else(|p| p.into_inner());
+        *memo = until.map(|t| (host.clone(), t));
+    };
+    {
+        let memo = METADATA_ABSENT.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((h, until)) = &*memo
+            && *h == host
+            && Instant::now() < *until
+        {
+            return None;
+        }
+    }
     let url = format!("http://{host}{METADATA_PATH}");
     let req = Request::get(&url)
         .header("Metadata-Flavor", "Google")
@@ -533,6 +560,7 @@ async fn metadata(registry: &str, ctx: &Context) -> Option<Result<Token, SourceE
         Ok(reply) => reply,
         Err(e) => {
             tracing::debug!(%host, error = %e, "no Google metadata server");
+            absent(Some(Instant::now() + METADATA_ABSENT_FOR));
             return None;
         }
     };
@@ -542,8 +570,10 @@ async fn metadata(registry: &str, ctx: &Context) -> Option<Result<Token, SourceE
         .is_none_or(|v| v.as_bytes() != b"Google")
     {
         tracing::debug!(%host, status = %reply.status, "not a Google metadata server");
+        absent(Some(Instant::now() + METADATA_ABSENT_FOR));
         return None;
     }
+    absent(None);
     let what = format!("{registry}: the metadata server's service account");
     if !reply.status.is_success() {
         return Some(Err(match reply.status.as_u16() {
@@ -742,10 +772,9 @@ fn endpoint(raw: &str) -> Result<String, String> {
         .map_err(|_| format!("{:?} is not a URL", text::clip(raw)))?;
     let host = uri
         .authority()
-        .map(|a| a.host().trim_start_matches('[').trim_end_matches(']'))
+        .map(|a| a.host())
         .ok_or_else(|| format!("{:?} is not a URL", text::clip(raw)))?;
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let loopback = http::is_loopback(host);
     match uri.scheme_str() {
         Some("https") => Ok(raw.to_owned()),
         Some("http") if loopback => Ok(raw.to_owned()),
@@ -754,17 +783,6 @@ fn endpoint(raw: &str) -> Result<String, String> {
             text::clip(raw)
         )),
     }
-}
-
-/// `pairs` as an `application/x-www-form-urlencoded` body, in wiped memory
-/// (sized up front: no reallocation leaves a copy behind).
-fn form(pairs: &[(&str, &str)]) -> Zeroizing<String> {
-    let room = pairs.iter().map(|(k, v)| 3 * (k.len() + v.len()) + 2).sum();
-    let mut body = Zeroizing::new(String::with_capacity(room));
-    let mut ser = form_urlencoded::Serializer::new(std::mem::take(&mut *body));
-    ser.extend_pairs(pairs.iter().copied());
-    *body = ser.finish();
-    body
 }
 
 async fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
@@ -854,14 +872,6 @@ mod tests {
             .unwrap();
         assert!(e.contains("loopback"), "{e}");
         assert!(endpoint("file:///etc/passwd").is_err());
-    }
-
-    #[test]
-    fn forms_are_encoded() {
-        assert_eq!(
-            &*form(&[("a", "b c"), ("assertion", "x.y+z/=")]),
-            "a=b+c&assertion=x.y%2Bz%2F%3D"
-        );
     }
 
     #[test]

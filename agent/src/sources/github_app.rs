@@ -65,7 +65,6 @@
 //! Server setups that accept them, other registries fronted by GitHub
 //! auth).
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -537,7 +536,7 @@ fn api_url(raw: &str) -> Result<String, String> {
     }
     match uri.scheme_str() {
         Some("https") => Ok(url.to_owned()),
-        Some("http") if is_loopback(authority.host()) => Ok(url.to_owned()),
+        Some("http") if super::http::is_loopback(authority.host()) => Ok(url.to_owned()),
         Some("http") => Err(format!(
             "`api_url` {raw:?} is http:// to a host that is not loopback: the App's JWT and \
              the token would cross the network in clear; use https:// (http:// is only for \
@@ -545,12 +544,6 @@ fn api_url(raw: &str) -> Result<String, String> {
         )),
         _ => Err(bad()),
     }
-}
-
-fn is_loopback(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn read_key_file(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, String> {

@@ -135,6 +135,28 @@ fn build() -> Result<Inner, String> {
         .build(https))
 }
 
+/// Whether `host` (as in a URL's authority, IPv6 in brackets or not) is
+/// this machine: `localhost`, or a loopback address. Sources allow plain
+/// `http://` to these only.
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `pairs` as an `application/x-www-form-urlencoded` body, in wiped memory
+/// (sized up front: no reallocation leaves a copy behind).
+pub fn form(pairs: &[(&str, &str)]) -> Zeroizing<String> {
+    let room = pairs.iter().map(|(k, v)| 3 * (k.len() + v.len()) + 2).sum();
+    let mut body = Zeroizing::new(String::with_capacity(room));
+    let mut ser = form_urlencoded::Serializer::new(std::mem::take(&mut *body));
+    ser.extend_pairs(pairs.iter().copied());
+    *body = ser.finish();
+    body
+}
+
 /// An error and its sources on one line (hyper's outer error alone says
 /// only "client error (Connect)").
 fn chain(err: &(dyn std::error::Error + 'static)) -> String {
@@ -177,6 +199,27 @@ mod tests {
 
     fn get(url: &str) -> Request<Body> {
         Request::get(url).body(Body::default()).unwrap()
+    }
+
+    #[test]
+    fn loopback_hosts_and_forms() {
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.8.9.1",
+            "[::1]",
+            "::1",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["example.com", "10.0.0.1", "localhost.example.com", "[::2]"] {
+            assert!(!is_loopback(host), "{host}");
+        }
+        assert_eq!(
+            &*form(&[("a", "b c"), ("assertion", "x.y+z/=")]),
+            "a=b+c&assertion=x.y%2Bz%2F%3D"
+        );
     }
 
     #[tokio::test]
