@@ -15,6 +15,9 @@ pub mod credentials;
 pub mod daemon;
 pub mod environ;
 pub mod named_secrets;
+pub mod reference;
 pub mod refresh;
+#[cfg(feature = "http")]
+pub mod registry_auth;
 pub mod sources;
 pub mod store;

@@ -21,6 +21,8 @@ mod call;
 mod clientconf;
 mod import;
 mod lifecycle;
+#[cfg(feature = "http")]
+mod login;
 mod ls;
 mod output;
 mod prompt;
@@ -97,6 +99,12 @@ enum Command {
     Setup(setup::Args),
     /// Move plaintext credentials from docker's config.json and containers' auth.json into regent.
     Import(import::Args),
+    /// Check a login with the registry, then store it (the password is asked for, or read with --password-stdin).
+    #[cfg(feature = "http")]
+    Login(login::LoginArgs),
+    /// Remove a registry's login, whatever spelling stored it.
+    #[cfg(feature = "http")]
+    Logout(login::LogoutArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -164,6 +172,10 @@ fn run(cli: Cli) -> ExitCode {
         Command::Secret(args) => secret::run(args),
         Command::Setup(args) => setup::run(args),
         Command::Import(args) => import::run(args),
+        #[cfg(feature = "http")]
+        Command::Login(args) => login::login(args),
+        #[cfg(feature = "http")]
+        Command::Logout(args) => login::logout(args),
     };
     match result {
         Ok(code) => code,

@@ -44,10 +44,10 @@ pub fn read_secret(name: &str) -> anyhow::Result<Zeroizing<String>> {
 }
 
 /// Terminal echo off for as long as it lives.
-struct EchoOff(Option<libc::termios>);
+pub(crate) struct EchoOff(Option<libc::termios>);
 
 impl EchoOff {
-    fn new() -> EchoOff {
+    pub(crate) fn new() -> EchoOff {
         // SAFETY: termios calls on stdin with a zeroed, then filled, struct.
         unsafe {
             let mut term: libc::termios = std::mem::zeroed();

@@ -1,11 +1,13 @@
 //! Loopback fakes of the services regent talks to: [`http`], a tiny HTTP/1.1
 //! server the others are built on; [`script`], the scripted replies, gate
 //! and death they share; [`ecr`], ECR's and STS's token APIs;
-//! [`github`], GitHub's installation-token endpoint; and [`gcp`], Google's
-//! OAuth2 token endpoint and metadata server.
+//! [`github`], GitHub's installation-token endpoint; [`gcp`], Google's
+//! OAuth2 token endpoint and metadata server; and [`token_registry`], a
+//! registry behind a distribution token server.
 
 pub mod ecr;
 pub mod gcp;
 pub mod github;
 pub mod http;
 pub mod script;
+pub mod token_registry;

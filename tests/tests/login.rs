@@ -1,0 +1,346 @@
+//! `regent login` and `regent logout` through the real binaries: a login is
+//! checked with the registry before it is stored. Against a real
+//! `docker-registry` with htpasswd (Basic, plain HTTP on 127.0.0.1), and a
+//! loopback registry behind a distribution token server
+//! (`regent_tests::fakes::token_registry`: OAuth2 password grant with an
+//! offline refresh token, or the GET endpoint). What was stored is read
+//! back with the helper's `get`, as docker would.
+
+use std::path::Path;
+
+use regent_tests::e2e::Registry;
+use regent_tests::fakes::http::{HttpFake, Response};
+use regent_tests::fakes::token_registry::{FakeTokenRegistry, Mode};
+use regent_tests::{DEFAULT_TIMEOUT, Input, NOT_FOUND, Outcome, TestEnv, random_secret, skip};
+
+const USER: &str = "alice";
+
+fn login(env: &TestEnv, args: &[&str], password: &str) -> Outcome {
+    let mut cmd = env.command(&env.bins.regent);
+    cmd.arg("login").args(args);
+    env.run(&mut cmd, Input::Bytes(password.as_bytes()), DEFAULT_TIMEOUT)
+}
+
+fn failed(out: &Outcome, secret: &str) -> String {
+    assert!(!out.success(), "expected a failure, got {out}");
+    let text = format!("{}{}", out.stdout(), out.stderr());
+    assert!(
+        !text.contains(secret),
+        "the password is in the output: {text}"
+    );
+    eprintln!("{}", out.stderr().trim());
+    out.stderr()
+}
+
+/// A real docker-registry with htpasswd; `None` after a counted skip.
+fn registry(test: &str, env: &TestEnv, password: &str) -> Option<Registry> {
+    if !Path::new("/usr/bin/docker-registry").exists() {
+        skip(
+            test,
+            "docker-registry is not installed (apt-get install docker-registry)",
+        );
+        return None;
+    }
+    match Registry::start(&env.root.join("registry"), USER, password) {
+        Ok(reg) => Some(reg),
+        Err(why) => {
+            skip(test, &format!("the registry did not start: {why}"));
+            None
+        }
+    }
+}
+
+#[test]
+fn a_basic_auth_login_is_checked_then_stored_and_served() {
+    let env = TestEnv::new();
+    let password = random_secret(24);
+    let Some(reg) = registry(
+        "a_basic_auth_login_is_checked_then_stored_and_served",
+        &env,
+        &password,
+    ) else {
+        return;
+    };
+    // A wrong password: refused by the registry, nothing stored.
+    let wrong = random_secret(24);
+    let out = login(&env, &[&reg.addr, "-u", USER, "--password-stdin"], &wrong);
+    let text = failed(&out, &wrong);
+    assert!(
+        text.contains("refused the username or password (HTTP 401)"),
+        "{text}"
+    );
+    assert!(text.contains("nothing was stored"), "{text}");
+    assert_eq!(env.helper(&["get"], &reg.addr).out_trim(), NOT_FOUND);
+
+    // The right one, named without a scheme: a loopback registry gets
+    // plain HTTP when HTTPS cannot be spoken, as docker does.
+    let out = login(
+        &env,
+        &[&reg.addr, "-u", USER, "--password-stdin"],
+        &password,
+    );
+    assert!(out.success(), "{out}");
+    assert!(out.stdout().contains("Login Succeeded"), "{out}");
+    assert!(out.stdout().contains("basic auth"), "{out}");
+    assert!(out.stderr().contains("trying http://"), "{out}");
+    assert!(!out.stdout().contains(&password) && !out.stderr().contains(&password));
+    let creds = env.get_ok(&reg.addr);
+    assert_eq!(
+        (creds.username.as_str(), creds.secret.as_str()),
+        (USER, password.as_str())
+    );
+
+    // An image reference names its registry; --json for scripts.
+    let image = format!("http://{}/team/app:1.0", reg.addr);
+    let out = login(
+        &env,
+        &[&image, "-u", USER, "--password-stdin", "--json"],
+        &password,
+    );
+    assert!(out.success(), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout().trim()).unwrap();
+    assert_eq!(v["registry"], reg.addr.as_str());
+    assert_eq!(v["stored_as"], reg.addr.as_str());
+    assert_eq!(v["checked"], "basic");
+    assert_eq!(v["identity_token"], false);
+
+    // logout removes it, whatever spelling; a second one says so.
+    let out = env.regent(&["logout", &format!("http://{}/", reg.addr)]);
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout()
+            .contains(&format!("Removed the login for {}", reg.addr)),
+        "{out}"
+    );
+    assert_eq!(env.helper(&["get"], &reg.addr).out_trim(), NOT_FOUND);
+    let out = env.regent(&["logout", &reg.addr]);
+    assert!(
+        out.success() && out.stdout().contains("Not logged in"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_token_server_login_stores_the_offline_refresh_token_as_docker_would() {
+    let env = TestEnv::new();
+    let password = random_secret(24);
+    let fake = FakeTokenRegistry::start(USER, &password, Mode::OAuth);
+    let host = fake.host();
+    let wrong = random_secret(24);
+    let out = login(
+        &env,
+        &[&format!("http://{host}"), "-u", USER, "--password-stdin"],
+        &wrong,
+    );
+    let text = failed(&out, &wrong);
+    assert!(
+        text.contains("the token server refused the username or password"),
+        "{text}"
+    );
+
+    let out = login(
+        &env,
+        &[&format!("http://{host}"), "-u", USER, "--password-stdin"],
+        &password,
+    );
+    assert!(out.success(), "{out}");
+    assert!(out.stdout().contains("identity token"), "{out}");
+    let refresh = fake.refresh_tokens();
+    assert_eq!(refresh.len(), 1, "{refresh:?}");
+    // Stored as docker stores an identity token: `<token>` and the refresh
+    // token, never the password.
+    let creds = env.get_ok(&host);
+    assert_eq!(creds.username, "<token>");
+    assert_eq!(creds.secret, refresh[0]);
+    for (_, bytes) in env.all_files() {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&password),
+            "the password was kept somewhere"
+        );
+    }
+    // What was asked of the token server: the password grant, offline.
+    let post = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.text().contains(&format!("username={USER}")))
+        .expect("an OAuth2 request");
+    let body = post.text();
+    for want in [
+        "grant_type=password",
+        "access_type=offline",
+        "client_id=regent",
+        "service=fake-registry",
+    ] {
+        assert!(body.contains(want), "{want} not in the form");
+    }
+}
+
+#[test]
+fn a_token_server_without_oauth_is_asked_with_get() {
+    let env = TestEnv::new();
+    let password = random_secret(24);
+    let fake = FakeTokenRegistry::start(USER, &password, Mode::GetOnly);
+    let host = fake.host();
+    let out = login(
+        &env,
+        &[
+            &format!("http://{host}"),
+            "-u",
+            USER,
+            "--password-stdin",
+            "--json",
+        ],
+        &password,
+    );
+    assert!(out.success(), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout().trim()).unwrap();
+    assert_eq!(v["checked"], "bearer-get");
+    assert_eq!(v["identity_token"], false);
+    let creds = env.get_ok(&host);
+    assert_eq!(
+        (creds.username.as_str(), creds.secret.as_str()),
+        (USER, password.as_str())
+    );
+    let get = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "GET" && r.path.starts_with("/token?"))
+        .expect("a GET to the token server");
+    assert!(
+        get.path.contains("offline_token=true") && get.path.contains(&format!("account={USER}"))
+    );
+}
+
+#[test]
+fn each_error_class_names_the_registry_and_the_next_step() {
+    let env = TestEnv::new();
+    let password = random_secret(24);
+
+    // Not a registry: /v2/ is a 404 page.
+    let web = HttpFake::start(|_| Some(Response::new(404, "text/html", "<h1>nope</h1>")));
+    let out = login(
+        &env,
+        &[
+            &format!("http://{}", web.addr),
+            "-u",
+            USER,
+            "--password-stdin",
+        ],
+        &password,
+    );
+    let text = failed(&out, &password);
+    assert!(
+        text.contains("is not a registry") && text.contains("HTTP 404"),
+        "{text}"
+    );
+
+    // Unreachable: nothing listens.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = login(
+        &env,
+        &[
+            &format!("http://127.0.0.1:{port}"),
+            "-u",
+            USER,
+            "--password-stdin",
+        ],
+        &password,
+    );
+    let text = failed(&out, &password);
+    assert!(
+        text.contains("cannot reach it") && text.contains("refused"),
+        "{text}"
+    );
+
+    // Rate limited, with when to try again.
+    let throttled = FakeTokenRegistry::start(USER, &password, Mode::Throttled(30));
+    let out = login(
+        &env,
+        &[
+            &format!("http://{}", throttled.host()),
+            "-u",
+            USER,
+            "--password-stdin",
+        ],
+        &password,
+    );
+    let text = failed(&out, &password);
+    assert!(
+        text.contains("rate limited") && text.contains("try again in 30s"),
+        "{text}"
+    );
+
+    // A token server on plain http elsewhere: the password is not sent.
+    let rogue = HttpFake::start(|_| {
+        Some(Response::new(401, "application/json", "{}").with_header(
+            "WWW-Authenticate",
+            "Bearer realm=\"http://auth.example.invalid/token\",service=\"x\"",
+        ))
+    });
+    let out = login(
+        &env,
+        &[
+            &format!("http://{}", rogue.addr),
+            "-u",
+            USER,
+            "--password-stdin",
+        ],
+        &password,
+    );
+    let text = failed(&out, &password);
+    assert!(text.contains("nothing was sent"), "{text}");
+    assert!(
+        rogue
+            .requests()
+            .iter()
+            .all(|r| !r.text().contains(&password))
+    );
+
+    // TLS: a plain-HTTP server asked over https://.
+    let out = login(
+        &env,
+        &[
+            &format!("https://{}", web.addr),
+            "-u",
+            USER,
+            "--password-stdin",
+        ],
+        &password,
+    );
+    let text = failed(&out, &password);
+    assert!(
+        text.contains("TLS failed") && text.contains("--ca-file"),
+        "{text}"
+    );
+
+    // Nothing of it was stored.
+    let ls = env.regent(&["ls", "--json"]);
+    assert!(ls.success(), "{ls}");
+    assert_eq!(ls.stdout().trim(), "[]", "{ls}");
+}
+
+#[test]
+fn a_password_on_the_command_line_is_refused_unechoed() {
+    let env = TestEnv::new();
+    let secret = random_secret(24);
+    let inline = format!("--password={secret}");
+    for args in [
+        ["login", "ghcr.io", "-u", USER, "-p", secret.as_str()].as_slice(),
+        ["login", "ghcr.io", "-u", USER, inline.as_str()].as_slice(),
+    ] {
+        let out = env.regent(args);
+        let text = failed(&out, &secret);
+        assert!(text.contains("--password-stdin"), "{text}");
+    }
+    // No terminal and no --password-stdin: says how.
+    let out = env.regent(&["login", "ghcr.io", "-u", USER]);
+    let text = failed(&out, &secret);
+    assert!(text.contains("--password-stdin"), "{text}");
+    let out = env.regent(&["login", "ghcr.io/Bad/Name", "-u", USER]);
+    let text = failed(&out, &secret);
+    assert!(text.contains("lower-case"), "{text}");
+}
