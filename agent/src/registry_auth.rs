@@ -58,6 +58,56 @@ pub enum Challenge {
     },
 }
 
+/// A credential to show a registry.
+pub enum Credential<'a> {
+    Password {
+        username: &'a str,
+        password: &'a Secret,
+    },
+    /// An OAuth2 refresh token (stored as `<token>`).
+    IdentityToken(&'a Secret),
+}
+
+/// The credentials that reached a registry, for the requests after.
+struct Session {
+    how: How,
+    authorization: Option<Zeroizing<String>>,
+    refresh_token: Option<Secret>,
+}
+
+impl Session {
+    fn auth(&self) -> Option<&str> {
+        self.authorization.as_deref().map(String::as_str)
+    }
+}
+
+/// What [`Registry::verify`] found.
+pub struct Verified {
+    pub how: How,
+    /// `None`: no repository was asked about.
+    pub pull: Option<Grant>,
+    pub push: Option<Grant>,
+}
+
+/// Whether an action on a repository is allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    Granted,
+    Denied,
+    /// The registry took the credentials and has no such repository.
+    NoSuchRepository,
+}
+
+impl Grant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Grant::Granted => "granted",
+            Grant::Denied => "denied",
+            Grant::NoSuchRepository => "no-such-repository",
+        }
+    }
+}
+
 /// How the credentials were proven, and what to store.
 pub struct Proof {
     pub how: How,
@@ -76,6 +126,8 @@ pub enum How {
     BearerOAuth,
     /// The token server's GET endpoint with Basic credentials.
     BearerGet,
+    /// The token server, with a stored identity token.
+    BearerRefresh,
 }
 
 impl How {
@@ -85,6 +137,7 @@ impl How {
             How::Basic => "basic auth",
             How::BearerOAuth => "token server, OAuth2 password grant",
             How::BearerGet => "token server, GET with basic auth",
+            How::BearerRefresh => "token server, the stored identity token",
         }
     }
 
@@ -94,6 +147,7 @@ impl How {
             How::Basic => "basic",
             How::BearerOAuth => "bearer-oauth",
             How::BearerGet => "bearer-get",
+            How::BearerRefresh => "bearer-refresh",
         }
     }
 }
@@ -294,37 +348,89 @@ impl Registry<'_> {
 
     /// Proves `username` and `password` to the registry.
     pub async fn login(&self, username: &str, password: &Secret) -> Result<Proof, AuthError> {
-        match self.challenge().await? {
-            Challenge::Open => Ok(Proof {
-                how: How::Open,
-                identity_token: None,
-            }),
-            Challenge::Basic => {
-                let url = self.v2();
-                (self.progress)(&format!("basic auth at {url}"));
-                let basic = basic(username, password);
-                let reply = self.send(self.get(&url, Some(&basic))?, &url).await?;
-                self.accepted(&reply, "the registry")?;
-                Ok(Proof {
-                    how: How::Basic,
-                    identity_token: None,
-                })
+        let cred = Credential::Password { username, password };
+        let session = self.authenticate(&cred, None).await?;
+        self.shown(&session).await?;
+        Ok(Proof {
+            how: session.how,
+            identity_token: session.refresh_token,
+        })
+    }
+
+    /// Checks a stored or sourced credential now: `/v2/`, then, for a
+    /// repository, whether it may pull (`GET /v2/<repo>/tags/list`) and,
+    /// with `push`, push (an upload started and cancelled at once). Nothing
+    /// is changed.
+    pub async fn verify(
+        &self,
+        cred: &Credential<'_>,
+        repository: Option<&str>,
+        push: bool,
+    ) -> Result<Verified, AuthError> {
+        let scope = repository.map(|repo| {
+            let actions = if push { "pull,push" } else { "pull" };
+            format!("repository:{repo}:{actions}")
+        });
+        let session = self.authenticate(cred, scope.as_deref()).await?;
+        self.shown(&session).await?;
+        let mut verified = Verified {
+            how: session.how,
+            pull: None,
+            push: None,
+        };
+        if let Some(repo) = repository {
+            verified.pull = Some(self.may_pull(&session, repo).await?);
+            if push {
+                verified.push = Some(self.may_push(&session, repo).await?);
             }
+        }
+        Ok(verified)
+    }
+
+    /// The `Authorization` the registry takes for `cred`, asked of the
+    /// token server with `scope` when it has one.
+    async fn authenticate(
+        &self,
+        cred: &Credential<'_>,
+        scope: Option<&str>,
+    ) -> Result<Session, AuthError> {
+        match self.challenge().await? {
+            Challenge::Open => Ok(Session {
+                how: How::Open,
+                authorization: None,
+                refresh_token: None,
+            }),
+            Challenge::Basic => match cred {
+                Credential::Password { username, password } => Ok(Session {
+                    how: How::Basic,
+                    authorization: Some(basic(username, password)),
+                    refresh_token: None,
+                }),
+                Credential::IdentityToken(_) => Err(AuthError::Failed {
+                    url: self.base.clone(),
+                    said: "the stored credential is an identity token, and this registry \
+                           takes only a username and password (Basic); log in again with \
+                           `regent login`"
+                        .into(),
+                }),
+            },
             Challenge::Bearer {
                 realm,
                 service,
-                scope,
+                scope: challenged,
             } => {
                 self.check_realm(&realm)?;
-                let (method, answer) = self
-                    .token(
-                        &realm,
-                        service.as_deref(),
-                        scope.as_deref(),
-                        username,
-                        password,
-                    )
-                    .await?;
+                let scope = scope.or(challenged.as_deref());
+                let (how, answer) = match cred {
+                    Credential::Password { username, password } => {
+                        self.token(&realm, service.as_deref(), scope, username, password)
+                            .await?
+                    }
+                    Credential::IdentityToken(token) => {
+                        self.refresh(&realm, service.as_deref(), scope, token)
+                            .await?
+                    }
+                };
                 let token = answer
                     .access_token
                     .as_ref()
@@ -333,17 +439,120 @@ impl Registry<'_> {
                         url: realm.clone(),
                         said: "the token server's answer has no token".into(),
                     })?;
-                let url = self.v2();
-                (self.progress)(&format!("showing the token to {url}"));
-                let bearer = Zeroizing::new(format!("Bearer {}", token.expose()));
-                let reply = self.send(self.get(&url, Some(&bearer))?, &url).await?;
-                self.accepted(&reply, "the registry (with the token server's token)")?;
-                Ok(Proof {
-                    how: method,
-                    identity_token: answer.refresh_token,
+                Ok(Session {
+                    how,
+                    authorization: Some(Zeroizing::new(format!("Bearer {}", token.expose()))),
+                    refresh_token: answer.refresh_token,
                 })
             }
         }
+    }
+
+    /// `GET /v2/` with the session's credentials: 200 is proof.
+    async fn shown(&self, session: &Session) -> Result<(), AuthError> {
+        if session.how == How::Open {
+            return Ok(());
+        }
+        let url = self.v2();
+        (self.progress)(&format!("showing the credentials to {url}"));
+        let reply = self.send(self.get(&url, session.auth())?, &url).await?;
+        let by = match session.how {
+            How::Basic => "the registry",
+            _ => "the registry (with the token server's token)",
+        };
+        self.accepted(&reply, by)
+    }
+
+    async fn may_pull(&self, session: &Session, repo: &str) -> Result<Grant, AuthError> {
+        let url = format!("{}/v2/{repo}/tags/list", self.base);
+        (self.progress)(&format!("asking {url}"));
+        let reply = self.send(self.get(&url, session.auth())?, &url).await?;
+        grant(&url, &reply)
+    }
+
+    async fn may_push(&self, session: &Session, repo: &str) -> Result<Grant, AuthError> {
+        let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
+        (self.progress)(&format!("starting (and cancelling) an upload at {url}"));
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(&url)
+            .header(USER_AGENT, UA)
+            .header(hyper::header::CONTENT_LENGTH, "0");
+        if let Some(auth) = session.auth() {
+            req = req.header(AUTHORIZATION, sensitive(auth, &url)?);
+        }
+        let req = req.body(Body::default()).map_err(|e| AuthError::Failed {
+            url: url.clone(),
+            said: format!("not a URL: {}", text::clip(&e.to_string())),
+        })?;
+        let reply = self.send(req, &url).await?;
+        let granted = grant(&url, &reply)?;
+        if reply.status == StatusCode::ACCEPTED
+            && let Some(location) = reply
+                .headers
+                .get(hyper::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+        {
+            let location = if location.starts_with('/') {
+                format!("{}{location}", self.base)
+            } else {
+                location.to_owned()
+            };
+            let mut cancel = Request::builder()
+                .method(Method::DELETE)
+                .uri(&location)
+                .header(USER_AGENT, UA);
+            if let Some(auth) = session.auth() {
+                cancel = cancel.header(AUTHORIZATION, sensitive(auth, &url)?);
+            }
+            if let Ok(cancel) = cancel.body(Body::default())
+                && let Err(e) = self.send(cancel, &location).await
+            {
+                tracing::debug!(error = %e, "cancelling the test upload failed");
+            }
+        }
+        Ok(granted)
+    }
+
+    /// A token for an identity token (a stored OAuth2 refresh token).
+    async fn refresh(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: Option<&str>,
+        refresh_token: &Secret,
+    ) -> Result<(How, TokenAnswer), AuthError> {
+        (self.progress)(&format!("asking the token server {realm} (refresh token)"));
+        let mut pairs = vec![
+            ("grant_type", "refresh_token"),
+            ("client_id", CLIENT_ID),
+            ("refresh_token", refresh_token.expose()),
+        ];
+        if let Some(service) = service {
+            pairs.push(("service", service));
+        }
+        if let Some(scope) = scope {
+            pairs.push(("scope", scope));
+        }
+        let reply = self.post_form(realm, &pairs).await?;
+        self.accepted(&reply, "the token server (the stored identity token)")?;
+        Ok((How::BearerRefresh, token_answer(realm, &reply)?))
+    }
+
+    async fn post_form(&self, url: &str, pairs: &[(&str, &str)]) -> Result<Reply, AuthError> {
+        let form = http::form(pairs);
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .header(USER_AGENT, UA)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form.as_bytes().to_vec()))
+            .map_err(|e| AuthError::Failed {
+                url: url.to_owned(),
+                said: format!("not a URL: {}", text::clip(&e.to_string())),
+            })?;
+        drop(form);
+        self.send(req, url).await
     }
 
     /// A token server on plain http only on the registry's host or
@@ -394,19 +603,7 @@ impl Registry<'_> {
         if let Some(scope) = scope {
             pairs.push(("scope", scope));
         }
-        let form = http::form(&pairs);
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(realm)
-            .header(USER_AGENT, UA)
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(form.as_bytes().to_vec()))
-            .map_err(|e| AuthError::Failed {
-                url: realm.to_owned(),
-                said: format!("not a URL: {}", text::clip(&e.to_string())),
-            })?;
-        drop(form);
-        let reply = self.send(req, realm).await?;
+        let reply = self.post_form(realm, &pairs).await?;
         let unsupported = match reply.status.as_u16() {
             404 | 405 => true,
             400 => oauth_error(&reply.body).as_deref() != Some("invalid_grant"),
@@ -457,6 +654,26 @@ impl Registry<'_> {
             }
             _ => Err(status_error(&self.base, reply, false)),
         }
+    }
+}
+
+/// An `Authorization` value, kept out of any debug output.
+fn sensitive(auth: &str, url: &str) -> Result<hyper::header::HeaderValue, AuthError> {
+    let mut value = hyper::header::HeaderValue::try_from(auth).map_err(|_| AuthError::Failed {
+        url: url.to_owned(),
+        said: "the credentials cannot be sent in a header (a newline in them?)".into(),
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// What an answer to a repository request says of the access.
+fn grant(url: &str, reply: &Reply) -> Result<Grant, AuthError> {
+    match reply.status.as_u16() {
+        200..=299 => Ok(Grant::Granted),
+        401 | 403 => Ok(Grant::Denied),
+        404 => Ok(Grant::NoSuchRepository),
+        _ => Err(status_error(url, reply, false)),
     }
 }
 

@@ -82,7 +82,7 @@ fn a_basic_auth_login_is_checked_then_stored_and_served() {
     assert!(out.success(), "{out}");
     assert!(out.stdout().contains("Login Succeeded"), "{out}");
     assert!(out.stdout().contains("basic auth"), "{out}");
-    assert!(out.stderr().contains("trying http://"), "{out}");
+    assert!(out.stderr().contains("using http://"), "{out}");
     assert!(!out.stdout().contains(&password) && !out.stderr().contains(&password));
     let creds = env.get_ok(&reg.addr);
     assert_eq!(
@@ -343,4 +343,106 @@ fn a_password_on_the_command_line_is_refused_unechoed() {
     let out = env.regent(&["login", "ghcr.io/Bad/Name", "-u", USER]);
     let text = failed(&out, &secret);
     assert!(text.contains("lower-case"), "{text}");
+}
+
+fn verify(env: &TestEnv, args: &[&str]) -> Outcome {
+    let mut all = vec!["verify"];
+    all.extend_from_slice(args);
+    env.regent(&all)
+}
+
+#[test]
+fn verify_shows_the_stored_identity_token_to_the_registry_and_reports_each_scope() {
+    let env = TestEnv::new();
+    let password = random_secret(24);
+    let fake = FakeTokenRegistry::start(USER, &password, Mode::OAuth);
+    let host = format!("http://{}", fake.host());
+    let out = login(&env, &[&host, "-u", USER, "--password-stdin"], &password);
+    assert!(out.success(), "{out}");
+    let before = fake.requests().len();
+
+    // The registry alone: the stored identity token still works.
+    let out = verify(&env, &[&host, "--json"]);
+    assert!(out.success(), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout().trim()).unwrap();
+    assert_eq!(v["checked"], "bearer-refresh");
+    assert_eq!(v["username"], "<token>");
+    assert_eq!(v["pull"], serde_json::Value::Null);
+    let refresh = &fake.refresh_tokens()[0];
+    assert!(
+        fake.requests()[before..]
+            .iter()
+            .any(|r| r.text().contains("grant_type=refresh_token")
+                && r.text().contains(&format!("refresh_token={refresh}"))),
+        "the identity token was not traded"
+    );
+    assert!(!out.stdout().contains(refresh.as_str()) && !out.stderr().contains(refresh.as_str()));
+
+    // An image: pull granted, push refused, and the exit status says so.
+    let out = verify(&env, &[&format!("{host}/team/app:1.0"), "--push", "--json"]);
+    assert_eq!(out.code(), Some(1), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout().trim()).unwrap();
+    assert_eq!(
+        (v["pull"].as_str(), v["push"].as_str()),
+        (Some("granted"), Some("denied"))
+    );
+    assert_eq!(v["ok"], false);
+    let out = verify(&env, &[&format!("{host}/team/app")]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout().contains("pull team/app: granted"), "{out}");
+
+    // Push granted: an upload was started, then cancelled.
+    let out = verify(&env, &[&format!("{host}/team/ci"), "--push"]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout().contains("push team/ci: granted"), "{out}");
+    assert_eq!(fake.cancelled_uploads(), 1);
+
+    // Not allowed at all: denied.
+    let out = verify(&env, &[&format!("{host}/other/thing")]);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stdout().contains("pull other/thing: denied"), "{out}");
+}
+
+#[test]
+fn verify_finds_a_wrong_stored_password_and_a_missing_login() {
+    let env = TestEnv::new();
+    let password = random_secret(24);
+    let Some(reg) = registry(
+        "verify_finds_a_wrong_stored_password_and_a_missing_login",
+        &env,
+        &password,
+    ) else {
+        return;
+    };
+    let out = verify(&env, &[&reg.addr]);
+    let text = failed(&out, &password);
+    assert!(
+        text.contains("no credential for") && text.contains("regent login"),
+        "{text}"
+    );
+
+    // A stored login the registry no longer takes (the password changed).
+    let stale = random_secret(24);
+    let out = env.helper(&["store"], TestEnv::store_json(&reg.addr, USER, &stale));
+    assert!(out.success(), "{out}");
+    let out = verify(&env, &[&reg.addr]);
+    let text = failed(&out, &stale);
+    assert!(text.contains("refused the username or password"), "{text}");
+
+    // The right one: the real registry takes it, and a push to a new
+    // repository is allowed (an upload started and cancelled, nothing kept).
+    let out = env.helper(&["store"], TestEnv::store_json(&reg.addr, USER, &password));
+    assert!(out.success(), "{out}");
+    let out = verify(
+        &env,
+        &[&format!("{}/team/fresh", reg.addr), "--push", "--json"],
+    );
+    assert!(out.success(), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout().trim()).unwrap();
+    assert_eq!(v["checked"], "basic");
+    assert_eq!(
+        (v["pull"].as_str(), v["push"].as_str()),
+        (Some("no-such-repository"), Some("granted"))
+    );
+    assert!(reg.tags("team/fresh").is_empty());
 }

@@ -1,12 +1,13 @@
-//! `regent login` and `regent logout`: a login is checked with the registry
-//! before it is stored (`registry_auth`), and a logout removes the
-//! registry's login whatever spelling stored it.
+//! `regent login`, `regent logout` and `regent verify`: a login is checked
+//! with the registry before it is stored (`registry_auth`), a logout
+//! removes the registry's login whatever spelling stored it, and a verify
+//! shows the registry what the agent would hand out, changing nothing.
 
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use regent_shared::Secret;
 use regent_shared::protocol::{Request, Response};
 use regent_shared::registry;
@@ -17,7 +18,7 @@ use super::call::{accepted, call_agent, running_agent, unexpected};
 use super::output::outln;
 use super::prompt::EchoOff;
 use crate::reference::{self, Target};
-use crate::registry_auth::{AuthError, Proof, Registry};
+use crate::registry_auth::{AuthError, Credential, Grant, Proof, Registry};
 use crate::sources::http::Http;
 
 /// How long the agent may take to answer a list or an erase.
@@ -57,6 +58,23 @@ pub struct LogoutArgs {
     json: bool,
 }
 
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The registry, or an image reference whose repository's pull access
+    /// is checked too.
+    target: String,
+    /// With an image: check push access as well (an upload is started and
+    /// cancelled; nothing is written).
+    #[arg(long)]
+    push: bool,
+    /// A CA bundle (PEM) to trust for this registry, as for `regent login`.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
 pub fn login(mut args: LoginArgs) -> anyhow::Result<ExitCode> {
     if let Some(mut refused) = args.password_on_command_line.take() {
         zeroize::Zeroize::zeroize(&mut refused);
@@ -69,13 +87,7 @@ pub fn login(mut args: LoginArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let target = reference::parse(&args.target)?;
-    if let Some(ca) = &args.ca_file {
-        std::fs::File::open(ca)
-            .with_context(|| format!("cannot read the CA file {}", ca.display()))?;
-        // SAFETY: no other thread exists yet (the runtime is built below),
-        // so nothing reads the environment concurrently.
-        unsafe { std::env::set_var("SSL_CERT_FILE", ca) };
-    }
+    trust_ca_file(args.ca_file.as_deref())?;
     let username = match args.username.take() {
         Some(u) => u,
         None => ask_username(&target)?,
@@ -84,13 +96,8 @@ pub fn login(mut args: LoginArgs) -> anyhow::Result<ExitCode> {
         bail!("the username is empty");
     }
     let password = read_password(&target, args.password_stdin)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the HTTP runtime")?;
     let http = Http::new();
-    let progress = |line: &str| eprintln!("regent: {line}");
-    let (proof, base) = runtime.block_on(check(&http, &target, &username, &password, &progress))?;
+    let (proof, base) = runtime()?.block_on(check(&http, &target, &username, &password))?;
     let key = target.login_key();
     let (stored_user, secret) = match &proof.identity_token {
         Some(token) => ("<token>".to_owned(), Secret::new(token.expose().to_owned())),
@@ -132,38 +139,181 @@ pub fn login(mut args: LoginArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Proves the login; for a loopback registry named without a scheme,
-/// plain HTTP is tried when HTTPS cannot be spoken, as docker does.
+/// Proves the login, at the base [`reachable_base`] picks.
 async fn check(
     http: &Http,
     target: &Target,
     username: &str,
     password: &Secret,
-    progress: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<(Proof, String)> {
-    let registry = |base: String| Registry {
+    let base = reachable_base(http, target).await;
+    let registry = Registry {
         http,
-        base,
+        base: base.clone(),
         name: target.registry.clone(),
-        progress,
+        progress: &progress,
     };
+    Ok((registry.login(username, password).await?, base))
+}
+
+fn progress(line: &str) {
+    eprintln!("regent: {line}");
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the HTTP runtime")
+}
+
+/// `--ca-file`: the roots the HTTP client reads (through `SSL_CERT_FILE`).
+fn trust_ca_file(ca: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(ca) = ca {
+        std::fs::File::open(ca)
+            .with_context(|| format!("cannot read the CA file {}", ca.display()))?;
+        // SAFETY: no other thread exists yet (the runtime is built later),
+        // so nothing reads the environment concurrently.
+        unsafe { std::env::set_var("SSL_CERT_FILE", ca) };
+    }
+    Ok(())
+}
+
+/// The base URL to use: plain HTTP for a loopback registry named without a
+/// scheme when HTTPS cannot be spoken there, as docker does.
+async fn reachable_base(http: &Http, target: &Target) -> String {
     let base = target.api_base();
-    match registry(base.clone()).login(username, password).await {
-        Ok(proof) => Ok((proof, base)),
-        Err(AuthError::Tls { .. } | AuthError::Unreachable { .. })
-            if !target.plain_http
-                && !target.https_only
-                && crate::sources::http::is_loopback(target.host()) =>
-        {
+    if target.plain_http || target.https_only || !crate::sources::http::is_loopback(target.host()) {
+        return base;
+    }
+    let probe = Registry {
+        http,
+        base: base.clone(),
+        name: target.registry.clone(),
+        progress: &progress,
+    };
+    match probe.challenge().await {
+        Err(AuthError::Tls { .. } | AuthError::Unreachable { .. }) => {
             let plain = format!("http://{}", target.registry);
             progress(&format!(
-                "no HTTPS at {base}; trying {plain} (a loopback registry)"
+                "no HTTPS at {base}; using {plain} (a loopback registry)"
             ));
-            let proof = registry(plain.clone()).login(username, password).await?;
-            Ok((proof, plain))
+            plain
         }
-        Err(e) => Err(anyhow!(e)),
+        _ => base,
     }
+}
+
+pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    use regent_shared::client;
+    use regent_shared::protocol::{CallerEnv, FORWARDED_ENV};
+    let target = reference::parse(&args.target)?;
+    trust_ca_file(args.ca_file.as_deref())?;
+    if args.push && target.repository.is_none() {
+        bail!("--push needs an image reference (REGISTRY/REPOSITORY), not a registry alone");
+    }
+    let server_url = target.login_key();
+    // What a docker command here would be handed: the caller's variables
+    // go with it, as the helper sends them.
+    let req = Request::Get {
+        server_url: server_url.clone(),
+        env: CallerEnv::from_process(FORWARDED_ENV),
+        env_complete: false,
+    };
+    let opts = super::call::starting_options();
+    let answer = client::call_with(&opts, &req).and_then(|(mut conn, answer)| match answer {
+        Response::NeedEnv { names } => {
+            let mut env = CallerEnv::from_process(FORWARDED_ENV);
+            env.add_from_process(&names);
+            let again = Request::Get {
+                server_url: server_url.clone(),
+                env,
+                env_complete: true,
+            };
+            conn.call(&again, opts.reply_timeout)
+        }
+        other => Ok(other),
+    })?;
+    let (username, secret) = match accepted(answer)? {
+        Response::Credentials {
+            username, secret, ..
+        } => (username, secret),
+        Response::NotFound => bail!(
+            "no credential for {}: nothing is stored and no source answers; `regent login {}`",
+            target.registry,
+            target.registry
+        ),
+        other => return Err(unexpected(&other)),
+    };
+    let cred = if username == "<token>" {
+        Credential::IdentityToken(&secret)
+    } else {
+        Credential::Password {
+            username: &username,
+            password: &secret,
+        }
+    };
+    let http = Http::new();
+    let runtime = runtime()?;
+    let verified = runtime.block_on(async {
+        let base = reachable_base(&http, &target).await;
+        let registry = Registry {
+            http: &http,
+            base,
+            name: target.registry.clone(),
+            progress: &progress,
+        };
+        registry
+            .verify(&cred, target.repository.as_deref(), args.push)
+            .await
+    })?;
+    let repo = target.repository.as_deref().unwrap_or_default();
+    // A repository that does not exist yet is fine for a push (it makes
+    // it), not for a pull.
+    let ok = match (verified.pull, verified.push) {
+        (Some(Grant::Denied), _) | (_, Some(Grant::Denied)) => false,
+        (Some(Grant::NoSuchRepository), None) => false,
+        _ => true,
+    };
+    if args.json {
+        outln!(
+            "{}",
+            json!({
+                "registry": target.registry,
+                "username": username,
+                "checked": verified.how.name(),
+                "repository": target.repository,
+                "pull": verified.pull.map(Grant::name),
+                "push": verified.push.map(Grant::name),
+                "ok": ok,
+            })
+        );
+    } else {
+        outln!(
+            "{}: the credential of {username} works (checked: {})",
+            target.registry,
+            verified.how.describe()
+        );
+        for (action, grant) in [("pull", verified.pull), ("push", verified.push)] {
+            if let Some(grant) = grant {
+                let said = match grant {
+                    Grant::Granted => "granted".to_owned(),
+                    Grant::Denied => {
+                        "denied: the registry refuses it to this credential".to_owned()
+                    }
+                    Grant::NoSuchRepository => {
+                        "the registry has no such repository (check the name)".to_owned()
+                    }
+                };
+                outln!("{action} {repo}: {said}");
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn ask_username(target: &Target) -> anyhow::Result<String> {

@@ -105,6 +105,9 @@ enum Command {
     /// Remove a registry's login, whatever spelling stored it.
     #[cfg(feature = "http")]
     Logout(login::LogoutArgs),
+    /// Check the credential regent would hand out for a registry (or an image's pull/push access) now, changing nothing.
+    #[cfg(feature = "http")]
+    Verify(login::VerifyArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -176,6 +179,8 @@ fn run(cli: Cli) -> ExitCode {
         Command::Login(args) => login::login(args),
         #[cfg(feature = "http")]
         Command::Logout(args) => login::logout(args),
+        #[cfg(feature = "http")]
+        Command::Verify(args) => login::verify(args),
     };
     match result {
         Ok(code) => code,
