@@ -270,11 +270,10 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let repo = target.repository.as_deref().unwrap_or_default();
     // A repository that does not exist yet is fine for a push (it makes
     // it), not for a pull.
-    let ok = match (verified.pull, verified.push) {
-        (Some(Grant::Denied), _) | (_, Some(Grant::Denied)) => false,
-        (Some(Grant::NoSuchRepository), None) => false,
-        _ => true,
-    };
+    let ok = !matches!(
+        (verified.pull, verified.push),
+        (Some(Grant::Denied), _) | (_, Some(Grant::Denied)) | (Some(Grant::NoSuchRepository), None)
+    );
     if args.json {
         outln!(
             "{}",
