@@ -50,6 +50,7 @@ pub mod helper;
 pub mod process;
 pub mod secret_service;
 pub mod skip;
+pub mod tls;
 pub mod world;
 
 pub use bins::{Bins, HELPER, HELPER_PROFILE_ENV, REGENT};

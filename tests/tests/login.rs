@@ -446,3 +446,56 @@ fn verify_finds_a_wrong_stored_password_and_a_missing_login() {
     );
     assert!(reg.tags("team/fresh").is_empty());
 }
+
+#[test]
+fn a_registry_with_a_private_ca_needs_its_certificate() {
+    let test = "a_registry_with_a_private_ca_needs_its_certificate";
+    let env = TestEnv::new();
+    let password = random_secret(24);
+    if !Path::new("/usr/bin/docker-registry").exists() {
+        skip(
+            test,
+            "docker-registry is not installed (apt-get install docker-registry)",
+        );
+        return;
+    }
+    let ca = match regent_tests::tls::TestCa::new(&env.root.join("ca")) {
+        Ok(ca) => ca,
+        Err(why) => {
+            skip(test, &format!("cannot make a CA with openssl: {why}"));
+            return;
+        }
+    };
+    let reg = Registry::start_tls(
+        &env.root.join("registry"),
+        USER,
+        &password,
+        (&ca.cert, &ca.key),
+    )
+    .unwrap_or_else(|e| panic!("the TLS registry did not start: {e}"));
+    let url = format!("https://{}", reg.addr);
+    // Not trusted: the error says which option fixes it, nothing stored.
+    let out = login(&env, &[&url, "-u", USER, "--password-stdin"], &password);
+    let text = failed(&out, &password);
+    assert!(
+        text.contains("TLS failed") && text.contains("--ca-file"),
+        "{text}"
+    );
+    assert_eq!(env.helper(&["get"], &reg.addr).out_trim(), NOT_FOUND);
+    // Trusted with --ca-file: checked over TLS and stored.
+    let ca_file = ca.ca_pem.to_str().unwrap();
+    let out = login(
+        &env,
+        &[&url, "-u", USER, "--password-stdin", "--ca-file", ca_file],
+        &password,
+    );
+    assert!(out.success(), "{out}");
+    assert!(
+        !out.stderr().contains("http://"),
+        "fell back to plain HTTP: {out}"
+    );
+    assert_eq!(env.get_ok(&reg.addr).secret, password);
+    // And verify takes it too.
+    let out = verify(&env, &[&url, "--ca-file", ca_file]);
+    assert!(out.success(), "{out}");
+}

@@ -119,6 +119,26 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(dir: &Path, user: &str, password: &str) -> Result<Registry, String> {
+        Registry::start_with(dir, user, password, None)
+    }
+
+    /// As [`Registry::start`], serving HTTPS with the certificate and key
+    /// of `tls` (PEM files; see [`crate::tls::TestCa`]).
+    pub fn start_tls(
+        dir: &Path,
+        user: &str,
+        password: &str,
+        tls: (&Path, &Path),
+    ) -> Result<Registry, String> {
+        Registry::start_with(dir, user, password, Some(tls))
+    }
+
+    fn start_with(
+        dir: &Path,
+        user: &str,
+        password: &str,
+        tls: Option<(&Path, &Path)>,
+    ) -> Result<Registry, String> {
         fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let htpasswd = dir.join("htpasswd");
         let hp = Command::new(program(&[], "htpasswd").unwrap_or("htpasswd".into()))
@@ -146,10 +166,19 @@ impl Registry {
                      log:\n  level: info\n\
                      storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
                      http:\n  addr: {addr}\n  secret: {secret}\n\
+                     {tls}\
                      auth:\n  htpasswd:\n    realm: regent-e2e\n    path: {htpasswd}\n",
                     data = dir.join("data").display(),
                     secret = random_secret(24),
                     htpasswd = htpasswd.display(),
+                    tls = match tls {
+                        Some((cert, key)) => format!(
+                            "  tls:\n    certificate: {}\n    key: {}\n",
+                            cert.display(),
+                            key.display()
+                        ),
+                        None => String::new(),
+                    },
                 ),
             )
             .map_err(|e| e.to_string())?;
@@ -183,7 +212,12 @@ impl Registry {
                     );
                     break;
                 }
-                if let Ok((401, _)) = http_get(&addr, "/v2/", None) {
+                let ready = match tls {
+                    // Listening is enough: its config was read by then.
+                    Some(_) => TcpStream::connect(&addr).is_ok(),
+                    None => matches!(http_get(&addr, "/v2/", None), Ok((401, _))),
+                };
+                if ready {
                     return Ok(reg);
                 }
                 if Instant::now() >= deadline {
