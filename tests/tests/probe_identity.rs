@@ -43,6 +43,8 @@ const KEPT: &[&str] = &[
     "NOTIFY_SOCKET",
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
+    "GCE_METADATA_HOST",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
     "http_proxy",
     "https_proxy",
     "no_proxy",
