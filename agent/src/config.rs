@@ -141,6 +141,10 @@ impl Rules {
         self.0.len()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Rule> {
+        self.0.iter()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

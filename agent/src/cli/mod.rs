@@ -19,6 +19,8 @@ use crate::daemon;
 
 mod call;
 mod clientconf;
+#[cfg(feature = "http")]
+mod doctor;
 mod import;
 mod lifecycle;
 #[cfg(feature = "http")]
@@ -105,6 +107,9 @@ enum Command {
     /// Remove a registry's login, whatever spelling stored it.
     #[cfg(feature = "http")]
     Logout(login::LogoutArgs),
+    /// Check every part a docker pull goes through (helper, clients, socket, agent, store, config, sources, clock), each with its fix.
+    #[cfg(feature = "http")]
+    Doctor(doctor::Args),
     /// Check the credential regent would hand out for a registry (or an image's pull/push access) now, changing nothing.
     #[cfg(feature = "http")]
     Verify(login::VerifyArgs),
@@ -181,6 +186,8 @@ fn run(cli: Cli) -> ExitCode {
         Command::Logout(args) => login::logout(args),
         #[cfg(feature = "http")]
         Command::Verify(args) => login::verify(args),
+        #[cfg(feature = "http")]
+        Command::Doctor(args) => doctor::run(args),
     };
     match result {
         Ok(code) => code,

@@ -449,7 +449,7 @@ fn plaintext_auth_files() -> Vec<(PathBuf, usize)> {
 }
 
 /// The `auths` entries of a client file that hold a secret.
-fn plaintext_count(file: &JsonFile) -> usize {
+pub(crate) fn plaintext_count(file: &JsonFile) -> usize {
     let Some(Value::Object(auths)) = file.value.get("auths") else {
         return 0;
     };
