@@ -38,7 +38,8 @@ const FILES: &[(&str, &str)] = &[
     ),
     (
         "$XDG_RUNTIME_DIR/regent/agent.sock",
-        "the agent's socket, unless REGENT_SOCKET names another",
+        "the agent's socket (without XDG_RUNTIME_DIR: <temp dir>/regent-<uid>/agent.sock), \
+         unless REGENT_SOCKET names another",
     ),
 ];
 
