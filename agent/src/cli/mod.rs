@@ -3,7 +3,8 @@
 //! This module parses the command line, refuses what does not parse and
 //! hands each command to its own file, which holds its arguments and its
 //! `run`: `lifecycle` (`start`, `stop`), `status`, `ls`, `reload`, `secret`,
-//! `setup` and `import`. `regent agent` is the agent itself
+//! `setup`, `import`, `completions` and `man` (both generated from the
+//! definitions here). `regent agent` is the agent itself
 //! ([`crate::daemon`]). What the commands share: `call` (reaching the
 //! agent), `output` (stdout that survives a closed pipe), `prompt` (the
 //! hidden terminal prompt) and `clientconf` (the clients' own files).
@@ -19,6 +20,7 @@ use crate::daemon;
 
 mod call;
 mod clientconf;
+mod completions;
 #[cfg(feature = "http")]
 mod doctor;
 mod import;
@@ -26,6 +28,7 @@ mod lifecycle;
 #[cfg(feature = "http")]
 mod login;
 mod ls;
+mod man;
 mod output;
 mod prompt;
 mod reload;
@@ -36,19 +39,50 @@ mod status;
 /// Exit status of a command line clap (or regent) refuses, as clap's own.
 const EXIT_USAGE: u8 = 2;
 
+/// The variables regent reads: `--help`'s "Environment" and regent.1's
+/// ENVIRONMENT.
+const ENVIRONMENT: &[(&str, &str)] = &[
+    (
+        "REGENT_STORE",
+        "store: auto (default), keyring, file, keyutils or memory",
+    ),
+    (
+        "REGENT_LOG",
+        "agent log level: error, warn, info (default), debug, trace",
+    ),
+    (
+        "REGENT_SOCKET",
+        "the agent's socket (its directory must be private to you)",
+    ),
+    ("REGENT_CONFIG", "the config file"),
+    (
+        "REGENT_KEYRING_SERVICE",
+        "keyring service name of regent's entries (default \"regent\")",
+    ),
+    (
+        "REGENT_MASTER_KEY",
+        "file store master key: base64 of 32 bytes",
+    ),
+    (
+        "REGENT_GCLOUD",
+        "the gcloud CLI of the gcp source (empty: that step is off)",
+    ),
+    (
+        "REGENT_AZ",
+        "the Azure CLI of the acr source (empty: that step is off)",
+    ),
+];
+
 /// `--help`'s last part: the variables regent reads and the paths it uses
 /// here (with this environment).
 fn environment_help() -> String {
+    let mut help = String::from("Environment:\n");
+    for (name, what) in ENVIRONMENT {
+        help.push_str(&format!("  {name:<24}{what}\n"));
+    }
     let socket = paths::socket_path();
-    format!(
-        "Environment:\n  \
-           REGENT_STORE            store: auto (default), keyring, file, keyutils or memory\n  \
-           REGENT_LOG              agent log level: error, warn, info (default), debug, trace\n  \
-           REGENT_SOCKET           the agent's socket (its directory must be private to you)\n  \
-           REGENT_CONFIG           the config file\n  \
-           REGENT_KEYRING_SERVICE  keyring service name of regent's entries (default \"regent\")\n  \
-           REGENT_MASTER_KEY       file store master key: base64 of 32 bytes\n\n\
-         Paths here:\n  \
+    help.push_str(&format!(
+        "\nPaths here:\n  \
            config   {}\n  \
            log      {}\n  \
            data     {}\n  \
@@ -57,7 +91,8 @@ fn environment_help() -> String {
         paths::log_file().display(),
         paths::data_dir().display(),
         socket.display(),
-    )
+    ));
+    help
 }
 
 #[derive(Parser)]
@@ -107,12 +142,19 @@ enum Command {
     /// Remove a registry's login, whatever spelling stored it.
     #[cfg(feature = "http")]
     Logout(login::LogoutArgs),
-    /// Check every part a docker pull goes through (helper, clients, socket, agent, store, config, sources, clock), each with its fix.
-    #[cfg(feature = "http")]
-    Doctor(doctor::Args),
     /// Check the credential regent would hand out for a registry (or an image's pull/push access) now, changing nothing.
     #[cfg(feature = "http")]
     Verify(login::VerifyArgs),
+    /// Check every part a docker pull goes through (helper, clients, socket, agent, store, config, sources, clock), each with its fix.
+    #[cfg(feature = "http")]
+    Doctor(doctor::Args),
+    /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell).
+    ///
+    /// For bash: `regent completions bash > ~/.local/share/bash-completion/completions/regent`
+    /// (scripts/install does this for bash, zsh and fish).
+    Completions(completions::Args),
+    /// Write the man pages (regent.1 and one per command) into a directory.
+    Man(man::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -188,6 +230,8 @@ fn run(cli: Cli) -> ExitCode {
         Command::Verify(args) => login::verify(args),
         #[cfg(feature = "http")]
         Command::Doctor(args) => doctor::run(args),
+        Command::Completions(args) => completions::run(args, Cli::command()),
+        Command::Man(args) => man::run(args, Cli::command(), ENVIRONMENT),
     };
     match result {
         Ok(code) => code,
