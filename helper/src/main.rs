@@ -21,7 +21,7 @@ use parse::{Failure, parse_server_url, parse_store};
 use regent_shared::Secret;
 use regent_shared::client::{self, AgentExe, ClientError, Options};
 use regent_shared::messages::NOT_FOUND;
-use regent_shared::protocol::{CallerEnv, FORWARDED_ENV, Request, Response};
+use regent_shared::protocol::{Request, Response};
 
 const NAME: &str = "docker-credential-regent";
 const USAGE: &str = "Usage: docker-credential-regent <store|get|erase|list|version>";
@@ -111,28 +111,10 @@ fn get() -> Result<(), Failure> {
     // The caller's AWS identity goes with the request: the agent mints
     // tokens for whoever asks, not for whoever started it.
     let opts = options(GET_START_BUDGET);
-    let req = Request::Get {
-        server_url: server_url.clone(),
-        env: CallerEnv::from_process(FORWARDED_ENV),
-        env_complete: false,
-    };
-    let answer = client::call_with(&opts, &req).and_then(|(mut conn, answer)| match answer {
-        // The registry's entry reads variables of ours beyond the usual
-        // ones (the `env` source): send them, once, on the same connection.
-        Response::NeedEnv { names } => {
-            let Request::Get { mut env, .. } = req else {
-                unreachable!("req is a Get")
-            };
-            env.add_from_process(&names);
-            let again = Request::Get {
-                server_url: server_url.clone(),
-                env,
-                env_complete: true,
-            };
-            conn.call(&again, opts.reply_timeout)
-        }
-        other => Ok(other),
-    });
+    // The registry's entry may read variables of ours beyond the usual
+    // ones (the `env` source): `client::get` sends them, once, on the same
+    // connection.
+    let answer = client::get(&opts, &server_url);
     match answer {
         Ok(Response::Credentials {
             username, secret, ..

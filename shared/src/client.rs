@@ -241,6 +241,35 @@ pub fn call(opts: &Options, req: &Request) -> Result<Response, ClientError> {
     call_with(opts, req).map(|(_, r)| r)
 }
 
+/// The agent's answer to a `get` of `server_url` for this process: its
+/// forwarded variables (`FORWARDED_ENV`) go with the request, and those a
+/// `NeedEnv` answer names go once more on the same connection, as the
+/// helper does.
+pub fn get(opts: &Options, server_url: &str) -> Result<Response, ClientError> {
+    use crate::protocol::{CallerEnv, FORWARDED_ENV};
+    let req = Request::Get {
+        server_url: server_url.to_owned(),
+        env: CallerEnv::from_process(FORWARDED_ENV),
+        env_complete: false,
+    };
+    let (mut conn, answer) = call_with(opts, &req)?;
+    match answer {
+        Response::NeedEnv { names } => {
+            let Request::Get { mut env, .. } = req else {
+                unreachable!("req is a Get")
+            };
+            env.add_from_process(&names);
+            let again = Request::Get {
+                server_url: server_url.to_owned(),
+                env,
+                env_complete: true,
+            };
+            conn.call(&again, opts.reply_timeout)
+        }
+        other => Ok(other),
+    }
+}
+
 /// Like [`call`], and also returns the connection (for a follow-up request)
 /// and what the agent said about itself.
 ///

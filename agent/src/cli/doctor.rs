@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use regent_shared::client;
 use regent_shared::paths;
-use regent_shared::protocol::{CallerEnv, EntryInfo, FORWARDED_ENV, Request, Response, StatusInfo};
+use regent_shared::protocol::{EntryInfo, Request, Response, StatusInfo};
 use serde_json::{Value, json};
 
 use super::clientconf::{self, JsonFile};
@@ -555,25 +555,7 @@ fn sources(hosts: &[String]) -> Vec<Check> {
 fn fetch(host: &str) -> Result<Response, client::ClientError> {
     let mut opts = call::starting_options();
     opts.reply_timeout = SOURCE_TIMEOUT;
-    let req = Request::Get {
-        server_url: host.to_owned(),
-        env: CallerEnv::from_process(FORWARDED_ENV),
-        env_complete: false,
-    };
-    let (mut conn, answer) = client::call_with(&opts, &req)?;
-    match answer {
-        Response::NeedEnv { names } => {
-            let mut env = CallerEnv::from_process(FORWARDED_ENV);
-            env.add_from_process(&names);
-            let again = Request::Get {
-                server_url: host.to_owned(),
-                env,
-                env_complete: true,
-            };
-            conn.call(&again, SOURCE_TIMEOUT)
-        }
-        other => Ok(other),
-    }
+    client::get(&opts, host)
 }
 
 fn entries() -> Vec<EntryInfo> {
@@ -678,21 +660,12 @@ async fn date_of(http: crate::sources::http::Http, host: String) -> Option<(Stri
                 .headers
                 .get(hyper::header::DATE)
                 .and_then(|d| d.to_str().ok())
-                .and_then(parse_http_date)
+                .and_then(crate::sources::text::http_date)
         {
             return Some((host, unix(date) - unix(sent)));
         }
     }
     None
-}
-
-fn parse_http_date(s: &str) -> Option<SystemTime> {
-    let format = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    time::PrimitiveDateTime::parse(s.trim(), &format)
-        .ok()
-        .map(|t| SystemTime::from(t.assume_utc()))
 }
 
 fn service() -> Check {

@@ -206,34 +206,15 @@ async fn reachable_base(http: &Http, target: &Target) -> String {
 
 pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     use regent_shared::client;
-    use regent_shared::protocol::{CallerEnv, FORWARDED_ENV};
     let target = reference::parse(&args.target)?;
     trust_ca_file(args.ca_file.as_deref())?;
     if args.push && target.repository.is_none() {
         bail!("--push needs an image reference (REGISTRY/REPOSITORY), not a registry alone");
     }
     let server_url = target.login_key();
-    // What a docker command here would be handed: the caller's variables
+    // What a docker command here would be handed: this shell's variables
     // go with it, as the helper sends them.
-    let req = Request::Get {
-        server_url: server_url.clone(),
-        env: CallerEnv::from_process(FORWARDED_ENV),
-        env_complete: false,
-    };
-    let opts = super::call::starting_options();
-    let answer = client::call_with(&opts, &req).and_then(|(mut conn, answer)| match answer {
-        Response::NeedEnv { names } => {
-            let mut env = CallerEnv::from_process(FORWARDED_ENV);
-            env.add_from_process(&names);
-            let again = Request::Get {
-                server_url: server_url.clone(),
-                env,
-                env_complete: true,
-            };
-            conn.call(&again, opts.reply_timeout)
-        }
-        other => Ok(other),
-    })?;
+    let answer = client::get(&super::call::starting_options(), &server_url)?;
     let (username, secret) = match accepted(answer)? {
         Response::Credentials {
             username, secret, ..

@@ -602,7 +602,7 @@ fn is_skew_refusal(status: StatusCode, message: &str) -> bool {
 /// `received`.
 fn server_offset(headers: &HeaderMap, received: SystemTime) -> Option<i64> {
     let date = headers.get(DATE)?.to_str().ok()?;
-    Some(unix(parse_http_date(date)?) - unix(received))
+    Some(unix(text::http_date(date)?) - unix(received))
 }
 
 /// How long a rate-limited answer says to wait; `None` when it is not one.
@@ -661,16 +661,6 @@ fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .ok()
         .map(SystemTime::from)
-}
-
-/// An HTTP `Date` (IMF-fixdate: `Wed, 02 Dec 2026 16:20:00 GMT`).
-fn parse_http_date(s: &str) -> Option<SystemTime> {
-    let format = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    time::PrimitiveDateTime::parse(s.trim(), &format)
-        .ok()
-        .map(|t| SystemTime::from(t.assume_utc()))
 }
 
 #[cfg(test)]
@@ -1076,7 +1066,7 @@ mod tests {
             "Bad credentials"
         ));
 
-        let received = parse_http_date("Wed, 02 Dec 2026 16:00:00 GMT").unwrap();
+        let received = text::http_date("Wed, 02 Dec 2026 16:00:00 GMT").unwrap();
         assert_eq!(
             unix(received),
             unix(parse_rfc3339("2026-12-02T16:00:00Z").unwrap())

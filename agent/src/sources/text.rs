@@ -57,6 +57,16 @@ pub fn retry_after(value: Option<&str>) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// An HTTP `Date` (IMF-fixdate: `Wed, 02 Dec 2026 16:20:00 GMT`).
+pub fn http_date(s: &str) -> Option<std::time::SystemTime> {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    time::PrimitiveDateTime::parse(s.trim(), &format)
+        .ok()
+        .map(|t| std::time::SystemTime::from(t.assume_utc()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
