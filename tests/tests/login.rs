@@ -499,3 +499,78 @@ fn a_registry_with_a_private_ca_needs_its_certificate() {
     let out = verify(&env, &[&url, "--ca-file", ca_file]);
     assert!(out.success(), "{out}");
 }
+
+#[test]
+fn a_real_registry_in_token_mode_takes_the_login_and_judges_each_scope() {
+    use regent_tests::fakes::distribution_token::{ISSUER, SERVICE, TokenServer};
+    let test = "a_real_registry_in_token_mode_takes_the_login_and_judges_each_scope";
+    let env = TestEnv::new();
+    let password = random_secret(24);
+    if !Path::new("/usr/bin/docker-registry").exists() {
+        skip(
+            test,
+            "docker-registry is not installed (apt-get install docker-registry)",
+        );
+        return;
+    }
+    let tokens = match TokenServer::start(&env.root.join("token-server"), USER, &password) {
+        Ok(t) => t,
+        Err(why) => {
+            skip(
+                test,
+                &format!("cannot make the token server's key with openssl: {why}"),
+            );
+            return;
+        }
+    };
+    let reg = Registry::start_token_auth(
+        &env.root.join("registry"),
+        &tokens.realm(),
+        SERVICE,
+        ISSUER,
+        &tokens.cert,
+    )
+    .unwrap_or_else(|e| panic!("the token-mode registry did not start: {e}"));
+    let host = format!("http://{}", reg.addr);
+
+    let wrong = random_secret(24);
+    let out = login(&env, &[&host, "-u", USER, "--password-stdin"], &wrong);
+    let text = failed(&out, &wrong);
+    assert!(
+        text.contains("the token server refused the username or password"),
+        "{text}"
+    );
+
+    // The registry itself verifies the token server's JWT at /v2/.
+    let out = login(
+        &env,
+        &[&host, "-u", USER, "--password-stdin", "--json"],
+        &password,
+    );
+    assert!(out.success(), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout().trim()).unwrap();
+    assert_eq!(
+        (v["checked"].as_str(), v["identity_token"].as_bool()),
+        (Some("bearer-oauth"), Some(true))
+    );
+    let creds = env.get_ok(&reg.addr);
+    assert_eq!(creds.username, "<token>");
+    assert_eq!(creds.secret, tokens.refresh_tokens()[0]);
+
+    // verify trades the identity token, and the registry judges the
+    // scopes the token server granted.
+    let out = verify(&env, &[&format!("{host}/team/app"), "--push", "--json"]);
+    assert!(out.success(), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout().trim()).unwrap();
+    assert_eq!(v["checked"], "bearer-refresh");
+    assert_eq!(
+        (v["pull"].as_str(), v["push"].as_str()),
+        (Some("no-such-repository"), Some("granted"))
+    );
+    let out = verify(&env, &[&format!("{host}/other/app"), "--json"]);
+    assert_eq!(out.code(), Some(1), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout().trim()).unwrap();
+    assert_eq!(v["pull"], "denied");
+    let grants = tokens.grants();
+    assert!(grants.iter().any(|g| g == "refresh_token"), "{grants:?}");
+}

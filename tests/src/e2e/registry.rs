@@ -119,7 +119,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(dir: &Path, user: &str, password: &str) -> Result<Registry, String> {
-        Registry::start_with(dir, user, password, None)
+        Registry::start_with(dir, user, password, None, None)
     }
 
     /// As [`Registry::start`], serving HTTPS with the certificate and key
@@ -130,7 +130,26 @@ impl Registry {
         password: &str,
         tls: (&Path, &Path),
     ) -> Result<Registry, String> {
-        Registry::start_with(dir, user, password, Some(tls))
+        Registry::start_with(dir, user, password, Some(tls), None)
+    }
+
+    /// A registry that takes bearer tokens of the token server at `realm`
+    /// (distribution's `auth.token`): JWTs for `service` from `issuer`,
+    /// signed by the key of the certificate `rootcert` (PEM). See
+    /// [`crate::fakes::distribution_token`].
+    pub fn start_token_auth(
+        dir: &Path,
+        realm: &str,
+        service: &str,
+        issuer: &str,
+        rootcert: &Path,
+    ) -> Result<Registry, String> {
+        let auth = format!(
+            "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    \
+             rootcertbundle: {}\n",
+            rootcert.display()
+        );
+        Registry::start_with(dir, "", "", None, Some(auth))
     }
 
     fn start_with(
@@ -138,8 +157,12 @@ impl Registry {
         user: &str,
         password: &str,
         tls: Option<(&Path, &Path)>,
+        auth: Option<String>,
     ) -> Result<Registry, String> {
         fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        if let Some(auth) = auth {
+            return Registry::spawn(dir, user, password, tls, &auth);
+        }
         let htpasswd = dir.join("htpasswd");
         let hp = Command::new(program(&[], "htpasswd").unwrap_or("htpasswd".into()))
             .args(["-B", "-b", "-n", user, password])
@@ -153,6 +176,21 @@ impl Registry {
             ));
         }
         fs::write(&htpasswd, &hp.stdout).map_err(|e| e.to_string())?;
+        let auth = format!(
+            "auth:\n  htpasswd:\n    realm: regent-e2e\n    path: {}\n",
+            htpasswd.display()
+        );
+        Registry::spawn(dir, user, password, tls, &auth)
+    }
+
+    /// Starts `docker-registry` with the `auth` block on a free port.
+    fn spawn(
+        dir: &Path,
+        user: &str,
+        password: &str,
+        tls: Option<(&Path, &Path)>,
+        auth: &str,
+    ) -> Result<Registry, String> {
         let mut last = String::new();
         for attempt in 0..5 {
             let port = free_port();
@@ -167,10 +205,9 @@ impl Registry {
                      storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
                      http:\n  addr: {addr}\n  secret: {secret}\n\
                      {tls}\
-                     auth:\n  htpasswd:\n    realm: regent-e2e\n    path: {htpasswd}\n",
+                     {auth}",
                     data = dir.join("data").display(),
                     secret = random_secret(24),
-                    htpasswd = htpasswd.display(),
                     tls = match tls {
                         Some((cert, key)) => format!(
                             "  tls:\n    certificate: {}\n    key: {}\n",

@@ -2,9 +2,11 @@
 //! server the others are built on; [`script`], the scripted replies, gate
 //! and death they share; [`ecr`], ECR's and STS's token APIs;
 //! [`github`], GitHub's installation-token endpoint; [`gcp`], Google's
-//! OAuth2 token endpoint and metadata server; and [`token_registry`], a
-//! registry behind a distribution token server.
+//! OAuth2 token endpoint and metadata server; [`token_registry`], a
+//! registry behind a distribution token server; and [`distribution_token`],
+//! a token server whose JWTs a real `docker-registry` verifies.
 
+pub mod distribution_token;
 pub mod ecr;
 pub mod gcp;
 pub mod github;
