@@ -246,3 +246,56 @@ fn e2e_docker_classic_build_lists_then_gets_each_key() {
     let out = e.docker(&d, &["image", "inspect", &base], None);
     e.ok(&out, "the FROM image was pulled from the registry");
 }
+
+#[test]
+fn e2e_docker_pushes_and_pulls_with_the_identity_token_of_regent_login() {
+    let e = E2e::new("e2e_docker_pushes_and_pulls_with_the_identity_token_of_regent_login");
+    let password = regent_tests::random_secret(20);
+    let Some((tokens, reg)) = e.token_registry(&password) else {
+        return;
+    };
+    let Some(d) = e.dockerd(&reg) else { return };
+    let addr = reg.addr.as_str();
+    let image = reg.image("team/docker", "1");
+    let out = e.docker(&d, &["import", &tar(&e), &image], None);
+    e.ok(&out, "docker import");
+
+    // `regent login` checks the password with the token server and keeps
+    // the offline refresh token instead, as `docker login` would.
+    let out = e.env.run(
+        e.env.command(&e.env.bins.regent).args([
+            "login",
+            &format!("http://{addr}"),
+            "-u",
+            USER,
+            "--password-stdin",
+        ]),
+        regent_tests::Input::Bytes(password.as_bytes()),
+        regent_tests::DEFAULT_TIMEOUT,
+    );
+    e.ok(&out, "regent login");
+    let refresh = tokens.refresh_tokens();
+    assert_eq!(refresh.len(), 1, "{refresh:?}");
+    e.assert_holds(addr, "<token>", &refresh[0]);
+
+    // docker gets `<token>` from the helper and trades it at the token
+    // server itself: the push and the pull never see the password.
+    let before = tokens.grants().len();
+    let m = e.mark();
+    let out = e.docker(&d, &["push", &image], None);
+    e.ok(&out, "docker push with the identity token");
+    e.assert_got_credentials(&m, addr, "docker push");
+    let out = e.docker(&d, &["rmi", &image], None);
+    e.ok(&out, "docker rmi");
+    let out = e.docker(&d, &["pull", &image], None);
+    e.ok(&out, "docker pull with the identity token");
+    let grants = tokens.grants()[before..].to_vec();
+    assert!(
+        grants.iter().any(|g| g == "refresh_token"),
+        "docker did not trade the identity token: {grants:?}"
+    );
+    assert!(
+        !grants.iter().any(|g| g == "password"),
+        "docker sent a password: {grants:?}"
+    );
+}

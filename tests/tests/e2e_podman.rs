@@ -313,3 +313,51 @@ fn e2e_podman_login_fails_with_regents_reason_when_regent_cannot_store() {
         );
     }
 }
+
+#[test]
+fn e2e_podman_pushes_and_pulls_with_the_identity_token_of_regent_login() {
+    let e = E2e::new("e2e_podman_pushes_and_pulls_with_the_identity_token_of_regent_login");
+    if !e.podman_works() {
+        return;
+    }
+    let password = regent_tests::random_secret(20);
+    let Some((tokens, reg)) = e.token_registry(&password) else {
+        return;
+    };
+    let addr = reg.addr.as_str();
+    let image = reg.image("team/podman", "1");
+    e.podman_import(&image);
+    let out = e.env.run(
+        e.env.command(&e.env.bins.regent).args([
+            "login",
+            &format!("http://{addr}"),
+            "-u",
+            USER,
+            "--password-stdin",
+        ]),
+        regent_tests::Input::Bytes(password.as_bytes()),
+        regent_tests::DEFAULT_TIMEOUT,
+    );
+    e.ok(&out, "regent login");
+    let refresh = tokens.refresh_tokens();
+    e.assert_holds(addr, "<token>", &refresh[0]);
+
+    let before = tokens.grants().len();
+    let m = e.mark();
+    let out = e.podman(&["push", &image]);
+    e.ok(&out, "podman push with the identity token");
+    e.assert_got_credentials(&m, addr, "podman push");
+    let out = e.podman(&["rmi", &image]);
+    e.ok(&out, "podman rmi");
+    let out = e.podman(&["pull", &image]);
+    e.ok(&out, "podman pull with the identity token");
+    let grants = tokens.grants()[before..].to_vec();
+    assert!(
+        grants.iter().any(|g| g == "refresh_token"),
+        "podman did not trade the identity token: {grants:?}"
+    );
+    assert!(
+        !grants.iter().any(|g| g == "password"),
+        "podman sent a password: {grants:?}"
+    );
+}

@@ -48,6 +48,55 @@ impl E2e {
     }
 }
 
+impl E2e {
+    /// A registry in token mode behind a loopback token server
+    /// ([`crate::fakes::distribution_token`]) for [`USER`] and `password`,
+    /// routed to regent for podman & co like [`E2e::registry`]. Skips
+    /// (returns `None`) when it cannot start.
+    pub fn token_registry(
+        &self,
+        password: &str,
+    ) -> Option<(crate::fakes::distribution_token::TokenServer, Registry)> {
+        use crate::fakes::distribution_token::{ISSUER, SERVICE, TokenServer};
+        if let Err(why) = require(&[DOCKER_REGISTRY]) {
+            skip(self.name, &why);
+            return None;
+        }
+        let tokens = match TokenServer::start(&self.dir.join("token-server"), USER, password) {
+            Ok(t) => t,
+            Err(why) => {
+                skip(self.name, &format!("the token server did not start: {why}"));
+                return None;
+            }
+        };
+        let reg = match Registry::start_token_auth(
+            &self.dir.join("registry"),
+            &tokens.realm(),
+            SERVICE,
+            ISSUER,
+            &tokens.cert,
+        ) {
+            Ok(reg) => reg,
+            Err(why) => {
+                skip(self.name, &format!("the registry did not start: {why}"));
+                return None;
+            }
+        };
+        fs::create_dir_all(self.registries_conf.parent().unwrap()).unwrap();
+        fs::write(
+            &self.registries_conf,
+            format!(
+                "# e2e: only the loopback registry, over plain HTTP.\n\
+                 unqualified-search-registries = []\n\n\
+                 [[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+                reg.addr
+            ),
+        )
+        .unwrap();
+        Some((tokens, reg))
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (free when this returns; the caller retries
 /// if another process takes it first).
 pub fn free_port() -> u16 {

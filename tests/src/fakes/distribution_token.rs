@@ -130,6 +130,11 @@ impl TokenServer {
         self.shared.refresh.lock().expect("token server").clone()
     }
 
+    /// Every request the server read.
+    pub fn requests(&self) -> Vec<Request> {
+        self.http.requests()
+    }
+
     /// The grant types asked for (`password`, `refresh_token`, `get`).
     pub fn grants(&self) -> Vec<String> {
         self.shared.grants.lock().expect("token server").clone()
