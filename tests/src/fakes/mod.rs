@@ -2,9 +2,12 @@
 //! server the others are built on; [`script`], the scripted replies, gate
 //! and death they share; [`ecr`], ECR's and STS's token APIs;
 //! [`github`], GitHub's installation-token endpoint; [`gcp`], Google's
-//! OAuth2 token endpoint and metadata server; and [`token_registry`], a
-//! registry behind a distribution token server.
+//! OAuth2 token endpoint and metadata server; [`acr`], Entra ID's token
+//! endpoint, Azure's managed-identity endpoint and an Azure Container
+//! Registry's token exchange; and [`token_registry`], a registry behind a
+//! distribution token server.
 
+pub mod acr;
 pub mod ecr;
 pub mod gcp;
 pub mod github;
