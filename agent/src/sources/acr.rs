@@ -8,7 +8,7 @@
 //! tenant_id = "..."                         # optional (a GUID or a domain)
 //! client_id = "..."                         # optional (the application or managed identity)
 //! client_secret = { secret = "acr-sp" }     # `regent secret set acr-sp`; needs both ids
-//! authority_url = "https://login.microsoftonline.com"  # the default (else the caller's AZURE_AUTHORITY_HOST)
+//! authority_url = "https://login.microsoftonline.com"  # the default (sovereign clouds: theirs)
 //! exchange_url = "https://myreg.azurecr.io/oauth2/exchange"  # the default: the registry's own
 //! ```
 //!
@@ -30,6 +30,9 @@
 //!    and `client_secret` are all set: the client-credentials grant,
 //!    `POST {authority}/{tenant}/oauth2/v2.0/token` with `client_id`,
 //!    `client_secret` (the named secret, read at each fetch) and `scope`.
+//!    The authority is `authority_url` or `https://login.microsoftonline.com`,
+//!    never the caller's `AZURE_AUTHORITY_HOST`: a caller cannot send the
+//!    entry's secret elsewhere.
 //! 2. **Workload identity**, when the caller has `AZURE_FEDERATED_TOKEN_FILE`,
 //!    `AZURE_TENANT_ID` and `AZURE_CLIENT_ID` (the entry's `tenant_id` and
 //!    `client_id` win over the last two): the same request with the file's
@@ -42,13 +45,16 @@
 //!    set, `client_id`, and the header `Metadata: true`. `{imds}` is the
 //!    agent's `AZURE_POD_IDENTITY_AUTHORITY_HOST`, else
 //!    `http://169.254.169.254`. Off Azure nothing answers there: a refused
-//!    connection, a timeout ([`IMDS_TIMEOUT`]) or a 400 (no identity
-//!    assigned) means the step does not apply.
+//!    connection, a timeout ([`IMDS_TIMEOUT`], so a fetch that gets this
+//!    far off Azure may wait that long) or a 400 (no identity assigned)
+//!    means the step does not apply.
 //! 4. **The Azure CLI**: `az account get-access-token --resource
 //!    https://containerregistry.azure.net --output json` (and `--tenant`
 //!    when a tenant is known), run by [`super::cli`] on the agent's `PATH`
-//!    with the caller's `AZURE_CONFIG_DIR`, within [`AZ_TIMEOUT`] and
-//!    64 KiB. It does not apply when `az` is not installed.
+//!    with the caller's `AZURE_CONFIG_DIR` (else `az` reads the agent's
+//!    `~/.azure`), within [`AZ_TIMEOUT`] and 64 KiB. It does not apply when
+//!    `az` is not installed; when it fails (not logged in), the error is
+//!    permanent and says to run `az login`.
 //!
 //! When none applies, the error is permanent and lists the four ways.
 //! Which caller variables reach the source: [`CALLER_ENV`].
@@ -253,6 +259,23 @@ struct Entra {
     az_tenant: Option<String>,
 }
 
+/// The steps of the chain.
+#[derive(Clone, Copy)]
+enum Link {
+    ServicePrincipal,
+    WorkloadIdentity,
+    ManagedIdentity,
+    AzureCli,
+}
+
+/// The order they are tried in.
+const CHAIN: [Link; 4] = [
+    Link::ServicePrincipal,
+    Link::WorkloadIdentity,
+    Link::ManagedIdentity,
+    Link::AzureCli,
+];
+
 /// What one step of the chain did.
 enum Step {
     /// It applied: its token, or why it failed (which ends the chain).
@@ -330,8 +353,17 @@ impl Acr {
         })
     }
 
-    /// The Entra ID authority: `authority_url`, the caller's
-    /// `AZURE_AUTHORITY_HOST`, or the default.
+    /// The Entra ID authority of the service principal: `authority_url` or
+    /// the default, never the caller's `AZURE_AUTHORITY_HOST` (a caller
+    /// must not be able to send the entry's client secret elsewhere).
+    fn sp_authority(&self) -> String {
+        self.authority_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_AUTHORITY.to_owned())
+    }
+
+    /// The Entra ID authority of a caller's workload identity:
+    /// `authority_url`, the caller's `AZURE_AUTHORITY_HOST`, or the default.
     fn authority(&self, req: &SourceRequest, what: &str) -> Result<String, SourceError> {
         if let Some(url) = &self.authority_url {
             return Ok(url.clone());
@@ -374,12 +406,12 @@ impl Acr {
         what: &str,
     ) -> Result<Entra, SourceError> {
         let mut skipped = Vec::new();
-        for step in 0..4 {
-            let outcome = match step {
-                0 => self.service_principal(req, ctx, what).await,
-                1 => self.workload_identity(req, ctx, what).await,
-                2 => self.managed_identity(ctx, what).await,
-                _ => self.azure_cli(req, what).await,
+        for link in CHAIN {
+            let outcome = match link {
+                Link::ServicePrincipal => self.service_principal(ctx, what).await,
+                Link::WorkloadIdentity => self.workload_identity(req, ctx, what).await,
+                Link::ManagedIdentity => self.managed_identity(ctx, what).await,
+                Link::AzureCli => self.azure_cli(req, what).await,
             };
             match outcome {
                 Step::Applied(result) => return result,
@@ -401,7 +433,7 @@ impl Acr {
     }
 
     /// 1: the entry's service principal.
-    async fn service_principal(&self, req: &SourceRequest, ctx: &Context, what: &str) -> Step {
+    async fn service_principal(&self, ctx: &Context, what: &str) -> Step {
         let (Some(tenant), Some(client), Some(name)) =
             (&self.tenant_id, &self.client_id, &self.client_secret)
         else {
@@ -412,7 +444,7 @@ impl Acr {
             secret: name.clone(),
         };
         let result = async {
-            let authority = self.authority(req, what)?;
+            let authority = self.sp_authority();
             let secret = ctx
                 .named_secret(
                     &format!("{what}: "),
@@ -1658,6 +1690,10 @@ mod tests {
             set.authority(&req("r.azurecr.cn", &env), "w").unwrap(),
             "http://127.0.0.1:5"
         );
+        // The entry's client secret never goes where a caller says.
+        let sp = build(&format!("{SP}client_secret = {{ secret = \"acr-sp\" }}\n")).unwrap();
+        assert_eq!(sp.sp_authority(), DEFAULT_AUTHORITY);
+        assert_eq!(set.sp_authority(), "http://127.0.0.1:5");
         let bad = [("AZURE_AUTHORITY_HOST", "http://evil.example")];
         let e = none.authority(&req("r.azurecr.io", &bad), "w").unwrap_err();
         assert!(e.is_permanent() && e.message.contains("AZURE_AUTHORITY_HOST"));
