@@ -4,9 +4,10 @@
 //! `*.azurecr.io` name (detection needs it); `exchange_url` and
 //! `authority_url` point at the fake, and the agent's
 //! `AZURE_POD_IDENTITY_AUTHORITY_HOST` at the fake or at a closed loopback
-//! port. `PATH` is a directory of this test's own, holding an `az` stub
-//! only where the Azure CLI step is tested: nothing leaves loopback and no
-//! real `az` runs. Counts, not timings, are asserted.
+//! port. The world turns the Azure CLI step off (`REGENT_AZ=`); the tests
+//! of that step unset it, with `PATH` a directory of the test's own that
+//! holds an `az` stub or nothing: nothing leaves loopback and no real `az`
+//! runs. Counts, not timings, are asserted.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -26,7 +27,7 @@ struct Acr {
     env: TestEnv,
     fake: FakeAcr,
     /// The agent's and the helper's `PATH`: empty unless a test puts an
-    /// `az` there.
+    /// `az` there (and unsets `REGENT_AZ`).
     bin: PathBuf,
     /// Secrets the test made (client secrets, assertions) beyond the fake's.
     secrets: Vec<String>,
@@ -319,6 +320,7 @@ fn a_managed_identity_answers_through_the_agents_imds_endpoint() {
 fn a_managed_identity_that_is_not_there_is_skipped() {
     let acr = Acr::new(|env, fake| {
         env.set_env("AZURE_POD_IDENTITY_AUTHORITY_HOST", Some(fake.url()));
+        env.set_env("REGENT_AZ", None::<&str>);
     });
     // The machine has another identity than the one configured: IMDS's
     // 400, and the chain goes on (to an `az` that is not installed).
@@ -332,7 +334,7 @@ fn a_managed_identity_that_is_not_there_is_skipped() {
         text.contains("no Azure identity") && text.contains("Identity not found"),
         "{text}"
     );
-    assert!(text.contains("`az` is not installed"), "{text}");
+    assert!(text.contains("`az` is not on the agent's PATH"), "{text}");
     let imds = acr.fake.calls_to(Endpoint::Imds);
     assert_eq!(imds.len(), 1);
     assert_eq!(imds[0].status, 400);
@@ -348,7 +350,8 @@ fn a_managed_identity_that_is_not_there_is_skipped() {
 
 #[test]
 fn the_azure_cli_is_the_last_step() {
-    let acr = Acr::new(|_, _| {});
+    // Found on the agent's PATH.
+    let acr = Acr::new(|env, _| env.set_env("REGENT_AZ", None::<&str>));
     // An access token without `tid`: the tenant comes from az's output.
     let token = acr.fake.mint_access_token(CLIENT, false);
     let expires_on = std::time::SystemTime::now()
@@ -470,8 +473,8 @@ fn throttling_is_transient_honours_retry_after_and_shows_in_ls() {
 
 #[test]
 fn with_nothing_configured_the_error_lists_the_four_ways() {
-    // Zero config: the host is detected; IMDS is a closed port and `az` is
-    // not on PATH.
+    // Zero config: the host is detected; IMDS is a closed port and the
+    // world's `REGENT_AZ=` turns the Azure CLI step off.
     let acr = Acr::new(|_, _| {});
     let text = acr.error_text(&acr.get());
     assert!(text.contains(HOST), "{text}");
@@ -484,7 +487,10 @@ fn with_nothing_configured_the_error_lists_the_four_ways() {
     ] {
         assert!(text.contains(way), "{way}: {text}");
     }
-    assert!(text.contains("`az` is not installed"), "{text}");
+    assert!(
+        text.contains("the Azure CLI step is off (REGENT_AZ is set and empty)"),
+        "{text}"
+    );
     assert_eq!(acr.row().source, "acr");
     assert!(acr.fake.log().is_empty());
     // An unanchored look-alike is not detected.
@@ -513,4 +519,18 @@ fn a_server_error_is_transient_and_the_next_attempt_succeeds() {
     assert_eq!(acr.fake.entra_calls(), 2);
     assert_eq!(acr.env.get_ok(HOST).secret, acr.fake.issued()[0].token);
     acr.assert_log_clean();
+}
+
+#[test]
+fn a_regent_az_that_cannot_be_run_is_an_error_not_a_skipped_step() {
+    let acr = Acr::new(|env, _| {
+        env.set_env("REGENT_AZ", Some("/nonexistent/regent-test/az"));
+    });
+    acr.config(&format!("exchange_url = \"{}\"\n", acr.fake.exchange_url()));
+    let text = acr.error_text(&acr.get());
+    assert!(
+        text.contains(HOST) && text.contains("REGENT_AZ names an Azure CLI that cannot be run"),
+        "{text}"
+    );
+    assert!(!text.contains("no Azure identity"), "{text}");
 }

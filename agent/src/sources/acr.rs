@@ -50,11 +50,13 @@
 //!    means the step does not apply.
 //! 4. **The Azure CLI**: `az account get-access-token --resource
 //!    https://containerregistry.azure.net --output json` (and `--tenant`
-//!    when a tenant is known), run by [`super::cli`] on the agent's `PATH`
-//!    with the caller's `AZURE_CONFIG_DIR` (else `az` reads the agent's
-//!    `~/.azure`), within [`AZ_TIMEOUT`] and 64 KiB. It does not apply when
-//!    `az` is not installed; when it fails (not logged in), the error is
-//!    permanent and says to run `az login`.
+//!    when a tenant is known), run by [`super::cli`]: the program
+//!    `REGENT_AZ` of the agent's environment names, else `az` on the
+//!    agent's `PATH`, with the caller's `AZURE_CONFIG_DIR` (else `az` reads
+//!    the agent's `~/.azure`), within [`AZ_TIMEOUT`] and 64 KiB. It does not
+//!    apply when `REGENT_AZ` is set and empty, or unset and no `az` is on
+//!    the `PATH`; when it fails (not logged in), the error is permanent and
+//!    says to run `az login`.
 //!
 //! When none applies, the error is permanent and lists the four ways.
 //! Which caller variables reach the source: [`CALLER_ENV`].
@@ -99,7 +101,6 @@
 //! exchange grants.
 
 use std::ffi::OsStr;
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -114,7 +115,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::cli::{self, CliError};
-use super::http::{Body, HttpError, Reply};
+use super::http::{Body, HttpError, Reply, form, is_loopback};
 use super::{BoxFuture, Context, Descriptor, Source, SourceError, SourceRequest, Token, text};
 use crate::named_secrets;
 
@@ -138,6 +139,9 @@ pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jw
 pub const IMDS_API_VERSION: &str = "2018-02-01";
 /// The username of an ACR refresh token.
 pub const USERNAME: &str = "00000000-0000-0000-0000-000000000000";
+/// The agent's variable that names the Azure CLI (set and empty: the step
+/// is off); unset, `az` on the agent's `PATH`.
+pub const AZ_ENV: &str = "REGENT_AZ";
 /// The caller's variables the source is given.
 pub const CALLER_ENV: &[&str] = &[
     "AZURE_TENANT_ID",
@@ -411,7 +415,7 @@ impl Acr {
                 Link::ServicePrincipal => self.service_principal(ctx, what).await,
                 Link::WorkloadIdentity => self.workload_identity(req, ctx, what).await,
                 Link::ManagedIdentity => self.managed_identity(ctx, what).await,
-                Link::AzureCli => self.azure_cli(req, what).await,
+                Link::AzureCli => self.azure_cli(req, ctx, what).await,
             };
             match outcome {
                 Step::Applied(result) => return result,
@@ -456,14 +460,14 @@ impl Acr {
                     ),
                 )
                 .await?;
-            let form = form(&[
+            let body = form(&[
                 ("grant_type", "client_credentials"),
                 ("client_id", client),
                 ("client_secret", secret.expose()),
                 ("scope", SCOPE),
             ]);
             let token =
-                entra_request(ctx, &authority, tenant, form, &way, secret.expose(), what).await?;
+                entra_request(ctx, &authority, tenant, body, &way, secret.expose(), what).await?;
             Ok(Entra {
                 token,
                 way: way.clone(),
@@ -504,7 +508,7 @@ impl Acr {
                      (AZURE_FEDERATED_TOKEN_FILE of the caller): {e}"
                 ))
             })?;
-            let form = form(&[
+            let body = form(&[
                 ("grant_type", "client_credentials"),
                 ("client_id", &client),
                 ("scope", SCOPE),
@@ -512,7 +516,7 @@ impl Acr {
                 ("client_assertion", &assertion),
             ]);
             let token =
-                entra_request(ctx, &authority, &tenant, form, &way, &assertion, what).await?;
+                entra_request(ctx, &authority, &tenant, body, &way, &assertion, what).await?;
             Ok(Entra {
                 token,
                 way: way.clone(),
@@ -603,7 +607,12 @@ impl Acr {
     }
 
     /// 4: `az account get-access-token`.
-    async fn azure_cli(&self, req: &SourceRequest, what: &str) -> Step {
+    async fn azure_cli(&self, req: &SourceRequest, ctx: &Context, what: &str) -> Step {
+        let Some(az) = cli::Cli::from_env(AZ_ENV, "az") else {
+            return Step::Skipped(Some(format!(
+                "the Azure CLI step is off ({AZ_ENV} is set and empty)"
+            )));
+        };
         let tenant = self.tenant(req);
         let mut args = vec![
             "account",
@@ -620,10 +629,16 @@ impl Acr {
         if let Some(dir) = req.env.get("AZURE_CONFIG_DIR") {
             env.push(("AZURE_CONFIG_DIR", OsStr::new(dir)));
         }
-        let out = match cli::run("az", &args, &env, AZ_TIMEOUT, MAX_ANSWER).await {
+        let out = match cli::run(&az.program, &args, &env, AZ_TIMEOUT, MAX_ANSWER).await {
             Ok(out) => out,
-            Err(CliError::NotFound(_)) => {
-                return Step::Skipped(Some("`az` is not installed".to_owned()));
+            Err(CliError::NotFound(_)) if !az.explicit => {
+                return Step::Skipped(Some("`az` is not on the agent's PATH".to_owned()));
+            }
+            Err(e @ CliError::NotFound(_)) => {
+                return Step::Applied(Err(SourceError::permanent(format!(
+                    "{what}: {AZ_ENV} names an Azure CLI that cannot be run: {e}; fix the \
+                     variable in the agent's environment, or unset it"
+                ))));
             }
             Err(e @ (CliError::TimedOut(..) | CliError::Io(..))) => {
                 return Step::Applied(Err(SourceError::transient(format!(
@@ -642,7 +657,7 @@ impl Acr {
                 }
             ))));
         }
-        let now = SystemTime::now();
+        let now = ctx.clock.now();
         Step::Applied(
             parse_az(&out.stdout, now)
                 .map(|az| Entra {
@@ -974,39 +989,6 @@ fn oauth_said(reply: &Reply, hide: &[&str]) -> String {
     format!("{code} {}", text::clip(&said))
 }
 
-/// A form body (`application/x-www-form-urlencoded`), also a query string.
-fn form(pairs: &[(&str, &str)]) -> Zeroizing<String> {
-    let mut out = Zeroizing::new(String::with_capacity(
-        pairs.iter().map(|(k, v)| 3 * (k.len() + v.len()) + 2).sum(),
-    ));
-    for (i, (name, value)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        encode_into(&mut out, name);
-        out.push('=');
-        encode_into(&mut out, value);
-    }
-    out
-}
-
-fn encode_into(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => {
-                out.push('%');
-                out.push(HEX[usize::from(b >> 4)] as char);
-                out.push(HEX[usize::from(b & 15)] as char);
-            }
-        }
-    }
-}
-
 /// The claims of a JWT, read without checking its signature.
 fn jwt_claims(jwt: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
     let mut parts = jwt.trim().split('.');
@@ -1219,12 +1201,6 @@ fn url_setting(setting: &str, raw: &str, example: &str) -> Result<String, String
         )),
         _ => Err(bad()),
     }
-}
-
-fn is_loopback(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -1498,15 +1474,6 @@ mod tests {
         // A tenant that is not one is left out.
         let az = parse_az(br#"{"accessToken":"tok","tenant":"a b"}"#, now).unwrap();
         assert_eq!(az.tenant, None);
-    }
-
-    #[test]
-    fn forms_are_encoded() {
-        assert_eq!(
-            form(&[("scope", SCOPE), ("a b", "x&y=z+é")]).as_str(),
-            "scope=https%3A%2F%2Fcontainerregistry.azure.net%2F.default&a+b=x%26y%3Dz%2B%C3%A9"
-        );
-        assert_eq!(form(&[]).as_str(), "");
     }
 
     #[test]
