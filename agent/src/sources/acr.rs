@@ -45,9 +45,10 @@
 //!    set, `client_id`, and the header `Metadata: true`. `{imds}` is the
 //!    agent's `AZURE_POD_IDENTITY_AUTHORITY_HOST`, else
 //!    `http://169.254.169.254`. Off Azure nothing answers there: a refused
-//!    connection, a timeout ([`IMDS_TIMEOUT`], so a fetch that gets this
-//!    far off Azure may wait that long) or a 400 (no identity assigned)
-//!    means the step does not apply.
+//!    connection, a timeout ([`IMDS_TIMEOUT`]) or a 400 (no identity
+//!    assigned) means the step does not apply. An endpoint that did not
+//!    answer is believed absent for [`IMDS_ABSENT_FOR`] (5 minutes): off
+//!    Azure a fetch pays the timeout once in a while, not every time.
 //! 4. **The Azure CLI**: `az account get-access-token --resource
 //!    https://containerregistry.azure.net --output json` (and `--tenant`
 //!    when a tenant is known), run by [`super::cli`]: the program
@@ -102,8 +103,8 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use hyper::body::Bytes;
@@ -158,6 +159,8 @@ pub const SUFFIXES: &[&str] = &[".azurecr.io", ".azurecr.cn", ".azurecr.us"];
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The managed-identity endpoint, which is not there off Azure.
 pub const IMDS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an endpoint that did not answer is believed absent.
+pub const IMDS_ABSENT_FOR: Duration = Duration::from_secs(300);
 /// `az account get-access-token`.
 pub const AZ_TIMEOUT: Duration = Duration::from_secs(15);
 /// The whole fetch: the chain and the exchange, below the helper's 30 s.
@@ -533,6 +536,18 @@ impl Acr {
             Ok(v) if !v.trim().is_empty() => v.trim().trim_end_matches('/').to_owned(),
             _ => DEFAULT_IMDS.to_owned(),
         };
+        self.managed_identity_at(&base, ctx, what).await
+    }
+
+    /// 3, at the endpoint `base`.
+    async fn managed_identity_at(&self, base: &str, ctx: &Context, what: &str) -> Step {
+        if imds_absent(base) {
+            return Step::Skipped(Some(format!(
+                "no managed identity endpoint at {base} (it did not answer within the last {} \
+                 minutes)",
+                IMDS_ABSENT_FOR.as_secs() / 60
+            )));
+        }
         let way = Way::ManagedIdentity {
             client: self.client_id.clone(),
         };
@@ -562,6 +577,8 @@ impl Acr {
         let reply = match ctx.http.send(req, IMDS_TIMEOUT, MAX_ANSWER).await {
             Ok(reply) => reply,
             Err(e @ (HttpError::TimedOut(_) | HttpError::Exchange(_))) => {
+                tracing::debug!(%base, error = %e, "no managed identity endpoint");
+                set_imds_absent(base, true);
                 return Step::Skipped(Some(format!("no managed identity endpoint at {base}: {e}")));
             }
             Err(e) => {
@@ -570,6 +587,7 @@ impl Acr {
                 ))));
             }
         };
+        set_imds_absent(base, false);
         let status = reply.status;
         if status.is_success() {
             return Step::Applied(
@@ -803,6 +821,22 @@ impl Source for Acr {
             }
         })
     }
+}
+
+/// The managed-identity endpoint that did not answer last, and until when
+/// that is believed: off Azure, a fetch pays [`IMDS_TIMEOUT`] once in a
+/// while, not every time.
+static IMDS_ABSENT: Mutex<Option<(String, Instant)>> = Mutex::new(None);
+
+fn imds_absent(base: &str) -> bool {
+    let memo = IMDS_ABSENT.lock().unwrap_or_else(|p| p.into_inner());
+    memo.as_ref()
+        .is_some_and(|(b, until)| b == base && Instant::now() < *until)
+}
+
+fn set_imds_absent(base: &str, absent: bool) {
+    let mut memo = IMDS_ABSENT.lock().unwrap_or_else(|p| p.into_inner());
+    *memo = absent.then(|| (base.to_owned(), Instant::now() + IMDS_ABSENT_FOR));
 }
 
 /// `e` with the `Retry-After` of an answer, if it has one.
@@ -1681,5 +1715,31 @@ mod tests {
         );
         std::fs::write(&path, vec![b'a'; MAX_TOKEN_FILE as usize + 1]).unwrap();
         assert!(read_token_file(&path).await.unwrap_err().contains("larger"));
+    }
+
+    #[tokio::test]
+    async fn an_imds_endpoint_that_did_not_answer_is_skipped_for_a_while() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let base = format!("http://127.0.0.1:{port}");
+        let acr = Acr::default();
+        let ctx = Context::without_secrets();
+        let Step::Skipped(Some(first)) = acr.managed_identity_at(&base, &ctx, "ACR r").await else {
+            panic!("a closed port is no managed identity");
+        };
+        assert!(first.contains("refused"), "{first}");
+        let Step::Skipped(Some(again)) = acr.managed_identity_at(&base, &ctx, "ACR r").await else {
+            panic!("a closed port is no managed identity");
+        };
+        assert!(
+            again.contains("did not answer within the last 5 minutes"),
+            "{again}"
+        );
+        // Another endpoint is asked.
+        assert!(!imds_absent("http://127.0.0.1:1"));
+        set_imds_absent(&base, false);
+        assert!(!imds_absent(&base));
     }
 }
