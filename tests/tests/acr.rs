@@ -17,7 +17,7 @@ use regent_tests::fakes::acr::{ASSERTION_TYPE, Endpoint, FakeAcr, IMDS_PATH, RES
 use regent_tests::{Input, Outcome, TestEnv, random_secret};
 
 const HOST: &str = "regenttest.azurecr.io";
-const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const TENANT: &str = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee";
 const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
 const OTHER_CLIENT: &str = "99999999-8888-7777-6666-555555555555";
 const SECRET_NAME: &str = "acr-sp";

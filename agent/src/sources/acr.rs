@@ -1252,7 +1252,7 @@ mod tests {
         build(s).err().unwrap_or_else(|| panic!("accepted: {s}"))
     }
 
-    const SP: &str = "tenant_id = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"\n\
+    const SP: &str = "tenant_id = \"aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee\"\n\
                       client_id = \"11111111-2222-3333-4444-555555555555\"\n";
 
     #[test]
@@ -1261,7 +1261,7 @@ mod tests {
         assert_eq!(acr.client_secret.as_deref(), Some("acr-sp"));
         assert_eq!(
             acr.tenant_id.as_deref(),
-            Some("72f988bf-86f1-41af-91ab-2d7cd011db47")
+            Some("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
         );
         assert_eq!(acr.authority_url, None);
         let key = canonical("myreg.azurecr.io").unwrap();
@@ -1417,7 +1417,7 @@ mod tests {
     #[test]
     fn jwt_claims_are_read_unverified() {
         let t = jwt(serde_json::json!({
-            "exp": 1_796_212_800, "tid": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "exp": 1_796_212_800, "tid": "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee",
             "aud": "myreg.azurecr.io"
         }));
         assert_eq!(
@@ -1426,7 +1426,7 @@ mod tests {
         );
         assert_eq!(
             jwt_tid(&t).as_deref(),
-            Some("72f988bf-86f1-41af-91ab-2d7cd011db47")
+            Some("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
         );
         // A float `exp`, padding left on.
         let b64 = base64::engine::general_purpose::URL_SAFE;
@@ -1462,13 +1462,13 @@ mod tests {
         let now = UNIX_EPOCH + Duration::from_secs(1_796_200_000);
         // Newer az: `expires_on` (Unix seconds) wins over the local time.
         let out = br#"{"accessToken":"eyJ0.hunter2.x","expiresOn":"2000-01-01 00:00:00.000000",
-            "expires_on":1796212800,"subscription":"s","tenant":"72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "expires_on":1796212800,"subscription":"s","tenant":"aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee",
             "tokenType":"Bearer"}"#;
         let az = parse_az(out, now).unwrap();
         assert_eq!(az.token.as_str(), "eyJ0.hunter2.x");
         assert_eq!(
             az.tenant.as_deref(),
-            Some("72f988bf-86f1-41af-91ab-2d7cd011db47")
+            Some("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
         );
         // Older az: only the local time.
         let old =
@@ -1659,10 +1659,16 @@ mod tests {
         assert_ne!(a, acr.cache_key(&req("other.azurecr.io", &[])));
         let other = build(&format!("{SP}client_secret = {{ secret = \"acr-sp2\" }}\n")).unwrap();
         assert_ne!(a, other.cache_key(&req("myreg.azurecr.io", &[])));
-        let one = acr.cache_key(&req("myreg.azurecr.io", &[("AZURE_CLIENT_ID", "c1")]));
-        let two = acr.cache_key(&req("myreg.azurecr.io", &[("AZURE_CLIENT_ID", "c2")]));
+        let one = acr.cache_key(&req(
+            "myreg.azurecr.io",
+            &[("AZURE_CLIENT_ID", "client-one")],
+        ));
+        let two = acr.cache_key(&req(
+            "myreg.azurecr.io",
+            &[("AZURE_CLIENT_ID", "client-two")],
+        ));
         assert!(one != two && one != a);
-        assert!(!one.contains("c1"), "{one}");
+        assert!(!one.contains("client-one"), "{one}");
         let file = acr.cache_key(&req(
             "myreg.azurecr.io",
             &[(
