@@ -1115,7 +1115,9 @@ fn local_time(s: &str) -> Option<SystemTime> {
     tm.tm_min = i32::from(t.minute());
     tm.tm_sec = i32::from(t.second());
     tm.tm_isdst = -1;
-    // SAFETY: `tm` is a valid, owned value; mktime is reentrant for it.
+    // SAFETY: `tm` is a valid value owned here. mktime also reads the
+    // process's time zone (TZ, /etc/localtime), which nothing in the agent
+    // changes once it runs (its environment is fixed at its start).
     let secs = unsafe { libc::mktime(&mut tm) };
     (secs > 0).then(|| UNIX_EPOCH + Duration::from_secs(secs as u64))
 }
