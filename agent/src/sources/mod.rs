@@ -30,6 +30,8 @@
 //! Errors name the source and the registry and say what to do next. They
 //! never carry a secret, and never anything a command printed on stdout.
 
+#[cfg(feature = "acr")]
+pub mod acr;
 pub mod cli;
 #[cfg(feature = "ecr")]
 pub mod ecr;
@@ -315,6 +317,10 @@ pub const SOURCES: &[Descriptor] = &[
     gcp::DESCRIPTOR,
     #[cfg(not(feature = "gcp"))]
     Descriptor::left_out("gcp", "gcp"),
+    #[cfg(feature = "acr")]
+    acr::DESCRIPTOR,
+    #[cfg(not(feature = "acr"))]
+    Descriptor::left_out("acr", "acr"),
     env::DESCRIPTOR,
 ];
 
@@ -491,6 +497,7 @@ mod tests {
         );
         assert_eq!(names()[..2], ["exec", "ecr"]);
         assert!(names().contains(&"github-app"), "{:?}", names());
+        assert!(names().contains(&"acr"), "{:?}", names());
         assert!(names().contains(&"env"), "{:?}", names());
         assert!(names().contains(&"gcp"), "{:?}", names());
     }
