@@ -10,6 +10,10 @@
 //!   account key (made at run time) with its `token_uri` on the loopback
 //!   fake of Google's token endpoint (`regent_tests::fakes::gcp`): the
 //!   timed `get` is served from the token cache;
+//! - an `acr` entry for [`ACR_HOST`], a service principal whose secret is a
+//!   named secret, against the loopback fake of Entra ID and the ACR
+//!   exchange (`regent_tests::fakes::acr`): the timed `get` is served from
+//!   the token cache;
 //! - an `env` entry for [`ENV_HOST`]: the timed helper has the CI token in
 //!   its environment, and each `get` costs the `NeedEnv` round trip.
 //!
@@ -23,6 +27,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use regent_tests::fakes::acr::FakeAcr;
 use regent_tests::fakes::gcp::FakeGoogle;
 use regent_tests::fakes::github::{AppKey, FakeGitHub};
 use regent_tests::random_secret;
@@ -37,10 +42,13 @@ use crate::timing::{Subject, check_helper_answer};
 pub const GITHUB_HOST: &str = "ghcr.io";
 pub const ENV_HOST: &str = "registry.ci.example";
 pub const GCP_HOST: &str = "europe-west1-docker.pkg.dev";
+pub const ACR_HOST: &str = "benchreg.azurecr.io";
+const ACR_TENANT: &str = "7f3c1e2a-4b5d-4c6e-8f90-a1b2c3d4e5f6";
+const ACR_CLIENT: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 /// A source's cached `get` median / the static `get` median.
 pub const TARGET_SOURCE_RATIO: f64 = 1.1;
 /// The kinds this section adds to the round-robin.
-pub const KINDS: &[&str] = &["github-app", "gcp", "env"];
+pub const KINDS: &[&str] = &["github-app", "gcp", "acr", "env"];
 const APP_ID: u64 = 123456;
 const INSTALLATION: u64 = 7890123;
 /// Never refreshed during the timing.
@@ -50,10 +58,11 @@ pub struct SourcesBench {
     agent: PrivateAgent,
     github: FakeGitHub,
     google: FakeGoogle,
+    azure: FakeAcr,
     /// Holds the service account's key file.
     _keys: tempfile::TempDir,
     /// Token-endpoint calls of each fake when the timing started.
-    calls_before: [usize; 2],
+    calls_before: [usize; 3],
 }
 
 impl SourcesBench {
@@ -73,33 +82,42 @@ impl SourcesBench {
             .tempdir()
             .map_err(|e| format!("a directory for the service account key: {e}"))?;
         let key_file = google.write_key_file(keys.path(), "pusher.json");
+        let azure = FakeAcr::start(ACR_TENANT, ACR_HOST, Duration::from_secs(3 * 3600));
+        let sp_secret = random_secret(32);
+        azure.add_client_secret(ACR_CLIENT, &sp_secret);
         let config = format!(
             "[[registry]]\nmatch = \"{GITHUB_HOST}\"\nsource = \"github-app\"\napp_id = {APP_ID}\n\
              installation_id = {INSTALLATION}\nprivate_key = {{ secret = \"gh-app\" }}\n\
              api_url = \"{}\"\n\n\
              [[registry]]\nmatch = \"{GCP_HOST}\"\nsource = \"gcp\"\n\
              credentials_file = \"{}\"\n\n\
+             [[registry]]\nmatch = \"{ACR_HOST}\"\nsource = \"acr\"\n\
+             tenant_id = \"{ACR_TENANT}\"\nclient_id = \"{ACR_CLIENT}\"\n\
+             client_secret = {{ secret = \"acr-sp\" }}\n\
+             authority_url = \"{}\"\nexchange_url = \"{}\"\n\n\
              [[registry]]\nmatch = \"{ENV_HOST}\"\nsource = \"env\"\n\
              username = \"ci\"\npassword = {{ env = \"BENCH_CI_TOKEN\" }}\n",
             fake.url(),
-            key_file.display()
+            key_file.display(),
+            azure.url(),
+            azure.exchange_url()
         );
         progress(&format!(
-            "sources: fake GitHub on {}, fake Google on {}, a third agent (memory store) with \
-             github-app, gcp and env entries",
+            "sources: fake GitHub on {}, fake Google on {}, fake Azure on {}, a third agent \
+             (memory store) with github-app, gcp, acr and env entries",
             fake.url(),
-            google.token_uri()
+            google.token_uri(),
+            azure.url()
         ));
         let agent = PrivateAgent::start_with_config(regent, "sources", &[], &config)?;
-        let out = run_capture(
-            &agent.proc(regent, &["secret", "set", "gh-app"]),
-            pem.as_bytes(),
-        )?;
-        if !out.status.success() {
-            return Err(format!(
-                "`regent secret set gh-app` failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+        for (name, value) in [("gh-app", pem.as_bytes()), ("acr-sp", sp_secret.as_bytes())] {
+            let out = run_capture(&agent.proc(regent, &["secret", "set", name]), value)?;
+            if !out.status.success() {
+                return Err(format!(
+                    "`regent secret set {name}` failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
         }
         let github = Subject::new(
             "github-app",
@@ -113,6 +131,13 @@ impl SourcesBench {
             format!("docker-credential-regent get {GCP_HOST} (Google access token cached)"),
             agent.proc(helper, &["get"]),
             GCP_HOST.as_bytes(),
+            runs,
+        );
+        let acr = Subject::new(
+            "acr",
+            format!("docker-credential-regent get {ACR_HOST} (ACR refresh token cached)"),
+            agent.proc(helper, &["get"]),
+            ACR_HOST.as_bytes(),
             runs,
         );
         let mut env_proc = agent.proc(helper, &["get"]);
@@ -129,7 +154,7 @@ impl SourcesBench {
             ENV_HOST.as_bytes(),
             runs,
         );
-        for s in [&github, &gcp, &env] {
+        for s in [&github, &gcp, &acr, &env] {
             let out = run_capture(&s.proc, &s.input)?;
             if let Some(problem) = check_helper_answer(&out) {
                 return Err(format!(
@@ -138,16 +163,18 @@ impl SourcesBench {
                 ));
             }
         }
-        let calls_before = [fake.calls(), google.calls()];
+        let azure_calls = || azure.entra_calls() + azure.exchange_calls();
+        let calls_before = [fake.calls(), google.calls(), azure_calls()];
         Ok((
             SourcesBench {
                 agent,
                 github: fake,
                 google,
+                azure,
                 _keys: keys,
                 calls_before,
             },
-            vec![github, gcp, env],
+            vec![github, gcp, acr, env],
         ))
     }
 
@@ -157,10 +184,15 @@ impl SourcesBench {
         let calls = [
             ("github-app", self.github.calls() - self.calls_before[0]),
             ("gcp", self.google.calls() - self.calls_before[1]),
+            (
+                "acr",
+                self.azure.entra_calls() + self.azure.exchange_calls() - self.calls_before[2],
+            ),
         ];
         self.agent.stop();
         self.github.kill();
         self.google.kill();
+        self.azure.kill();
         SourcesReport {
             calls_during_timing: calls.to_vec(),
         }
