@@ -259,6 +259,9 @@ fn setup_helper_for_writes_the_key_docker_looks_up() {
         "docker.io",
         "--helper-for",
         "Localhost:5000/v2/",
+        // An image reference names its registry.
+        "--helper-for",
+        "ghcr.io/org/app:1.2",
     ]);
     assert!(out.success(), "{out}");
     assert_eq!(
@@ -266,7 +269,8 @@ fn setup_helper_for_writes_the_key_docker_looks_up() {
         json!({
             "quay.io": "regent",
             "https://index.docker.io/v1/": "regent",
-            "localhost:5000": "regent"
+            "localhost:5000": "regent",
+            "ghcr.io": "regent"
         })
     );
     let undo = env.regent(&["setup", "--undo"]);

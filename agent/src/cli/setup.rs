@@ -50,7 +50,8 @@ pub struct Args {
     /// The clients to set up; none: every client found on this machine.
     #[arg(value_enum)]
     clients: Vec<Client>,
-    /// Use regent for this registry only (docker `credHelpers`); repeatable.
+    /// Use regent for this registry only (docker `credHelpers`): a host, or an
+    /// image reference naming it (ghcr.io/org/app:1.2); repeatable.
     #[arg(long, value_name = "HOST")]
     helper_for: Vec<String>,
     /// Print what would change, change nothing.
@@ -229,10 +230,17 @@ fn write_or_show(file: &JsonFile, dry_run: bool) -> anyhow::Result<()> {
 /// docker matches the key exactly against the registry part of an image
 /// reference (`host[:port]`, lower case, no scheme or path), and against
 /// `https://index.docker.io/v1/` for Docker Hub.
+/// `--helper-for`'s key in docker's `credHelpers`: a registry (any
+/// spelling), or the registry of an image reference (`ghcr.io/org/app:1`).
 fn docker_helper_key(host: &str) -> anyhow::Result<String> {
-    let key = regent_shared::registry::canonical(host).map_err(|e| {
-        anyhow::anyhow!("--helper-for {host:?}: {e}; give a registry host such as ghcr.io")
-    })?;
+    let registry = crate::reference::parse(host)
+        .ok()
+        .filter(|t| t.repository.is_some())
+        .map(|t| t.registry);
+    let key =
+        regent_shared::registry::canonical(registry.as_deref().unwrap_or(host)).map_err(|e| {
+            anyhow::anyhow!("--helper-for {host:?}: {e}; give a registry host such as ghcr.io")
+        })?;
     if key == regent_shared::registry::DOCKER_HUB {
         return Ok(DOCKER_HUB_CONFIG_KEY.to_owned());
     }
