@@ -142,3 +142,54 @@ fn a_locked_keyring_keeps_serving_cached_gets_and_says_how_to_unlock() {
     );
     assert_eq!(env.get_ok(&host).secret, "locked-cached");
 }
+
+#[test]
+fn doctor_says_the_keyring_is_locked_and_how_to_unlock_it() {
+    let test = "doctor_says_the_keyring_is_locked_and_how_to_unlock_it";
+    let Some(ss) = SecretService::start(test) else {
+        return;
+    };
+    let env = keyring_env(&ss);
+    let doctor = || {
+        let out = env.regent(&["doctor", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout())
+            .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e})\n{out}"));
+        let row = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "store")
+            .cloned()
+            .unwrap();
+        (out, row)
+    };
+    let (_, row) = doctor();
+    assert_eq!(row["status"], "ok", "{row}");
+    assert!(
+        row["detail"].as_str().unwrap().contains("writable"),
+        "{row}"
+    );
+
+    let locked = Command::new("dbus-send")
+        .env("DBUS_SESSION_BUS_ADDRESS", &ss.address)
+        .args([
+            "--session",
+            "--print-reply",
+            "--dest=org.freedesktop.secrets",
+            "/org/freedesktop/secrets",
+            "org.freedesktop.Secret.Service.Lock",
+            "array:objpath:/org/freedesktop/secrets/collection/login,/org/freedesktop/secrets/aliases/default",
+        ])
+        .output()
+        .expect("dbus-send");
+    assert!(locked.status.success());
+    let (out, row) = doctor();
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert_eq!(row["status"], "failed", "{row}");
+    let detail = row["detail"].as_str().unwrap();
+    assert!(detail.contains("unlock your keyring"), "{row}");
+    assert!(
+        row["fix"].as_str().unwrap().contains("unlock the keyring"),
+        "{row}"
+    );
+}

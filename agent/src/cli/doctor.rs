@@ -476,9 +476,30 @@ fn store(status: Option<&StatusInfo>) -> Check {
     if let Some(extra) = &info.store_detail {
         detail.push_str(&format!("; {extra}"));
     }
-    // The memory store is only ever chosen by name (a CI runner's).
-    ok("store", detail)
+    // Writable (and, for a keyring, unlocked): a named secret of doctor's
+    // own is stored and removed again. The memory store is only ever
+    // chosen by name (a CI runner's): no warning for it.
+    let probe = Request::SecretSet {
+        name: PROBE_SECRET.to_owned(),
+        secret: regent_shared::Secret::new(format!("probe-{}", std::process::id())),
+    };
+    match call::call_agent(&probe) {
+        Ok(_) => {
+            let _ = call::call_agent(&Request::SecretRm {
+                name: PROBE_SECRET.to_owned(),
+            });
+            ok("store", format!("{detail}; writable"))
+        }
+        Err(e) => fail(
+            "store",
+            format!("{detail}; a write was refused: {e:#}"),
+            "unlock the keyring (or choose another store: REGENT_STORE=file)",
+        ),
+    }
 }
+
+/// The named secret the store check writes and removes.
+const PROBE_SECRET: &str = "regent-doctor-probe";
 
 fn config(settings: &Result<Settings, crate::config::ConfigError>) -> Check {
     match settings {
