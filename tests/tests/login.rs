@@ -574,3 +574,63 @@ fn a_real_registry_in_token_mode_takes_the_login_and_judges_each_scope() {
     let grants = tokens.grants();
     assert!(grants.iter().any(|g| g == "refresh_token"), "{grants:?}");
 }
+
+#[test]
+fn a_token_mode_registry_behind_tls_with_a_private_ca() {
+    use regent_tests::fakes::distribution_token::{ISSUER, SERVICE, TokenServer};
+    let test = "a_token_mode_registry_behind_tls_with_a_private_ca";
+    let env = TestEnv::new();
+    let password = random_secret(24);
+    if !Path::new("/usr/bin/docker-registry").exists() {
+        skip(
+            test,
+            "docker-registry is not installed (apt-get install docker-registry)",
+        );
+        return;
+    }
+    let (tokens, ca) = match (
+        TokenServer::start(&env.root.join("token-server"), USER, &password),
+        regent_tests::tls::TestCa::new(&env.root.join("ca")),
+    ) {
+        (Ok(t), Ok(ca)) => (t, ca),
+        (Err(why), _) | (_, Err(why)) => {
+            skip(test, &format!("openssl: {why}"));
+            return;
+        }
+    };
+    let reg = Registry::start_token_auth_with(
+        &env.root.join("registry"),
+        &tokens.realm(),
+        SERVICE,
+        ISSUER,
+        &tokens.cert,
+        Some((&ca.cert, &ca.key)),
+    )
+    .unwrap_or_else(|e| panic!("the TLS token-mode registry did not start: {e}"));
+    let url = format!("https://{}", reg.addr);
+    let out = login(&env, &[&url, "-u", USER, "--password-stdin"], &password);
+    let text = failed(&out, &password);
+    assert!(
+        text.contains("TLS failed") && text.contains("--ca-file"),
+        "{text}"
+    );
+    let ca_file = ca.ca_pem.to_str().unwrap();
+    let out = login(
+        &env,
+        &[
+            &url,
+            "-u",
+            USER,
+            "--password-stdin",
+            "--ca-file",
+            ca_file,
+            "--json",
+        ],
+        &password,
+    );
+    assert!(out.success(), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout().trim()).unwrap();
+    assert_eq!(v["api"], url.as_str());
+    assert_eq!(v["identity_token"], true);
+    assert_eq!(env.get_ok(&reg.addr).secret, tokens.refresh_tokens()[0]);
+}

@@ -193,12 +193,24 @@ impl Registry {
         issuer: &str,
         rootcert: &Path,
     ) -> Result<Registry, String> {
+        Registry::start_token_auth_with(dir, realm, service, issuer, rootcert, None)
+    }
+
+    /// As [`Registry::start_token_auth`], serving HTTPS with `tls`.
+    pub fn start_token_auth_with(
+        dir: &Path,
+        realm: &str,
+        service: &str,
+        issuer: &str,
+        rootcert: &Path,
+        tls: Option<(&Path, &Path)>,
+    ) -> Result<Registry, String> {
         let auth = format!(
             "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    \
              rootcertbundle: {}\n",
             rootcert.display()
         );
-        Registry::start_with(dir, "", "", None, Some(auth))
+        Registry::start_with(dir, "", "", tls, Some(auth))
     }
 
     fn start_with(
