@@ -811,14 +811,14 @@ impl Source for Acr {
         ctx: &'a Context,
     ) -> BoxFuture<'a, Result<Token, SourceError>> {
         Box::pin(async move {
-            match tokio::time::timeout(FETCH_TIMEOUT, self.run(req, ctx)).await {
-                Ok(result) => result,
-                Err(_) => Err(SourceError::transient(format!(
+            super::within(FETCH_TIMEOUT, self.run(req, ctx), || {
+                format!(
                     "ACR {}: no token within {}s; are Entra ID and the registry reachable?",
                     req.key.host(),
                     FETCH_TIMEOUT.as_secs()
-                ))),
-            }
+                )
+            })
+            .await
         })
     }
 }
@@ -1123,22 +1123,10 @@ fn local_time(s: &str) -> Option<SystemTime> {
 }
 
 async fn read_token_file(path: &Path) -> Result<Zeroizing<String>, String> {
-    use tokio::io::AsyncReadExt;
     if !path.is_absolute() {
         return Err("it is not an absolute path".into());
     }
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| e.to_string())?;
-    // Room for all of it up front: no reallocation leaves a copy behind.
-    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_TOKEN_FILE as usize + 1));
-    file.take(MAX_TOKEN_FILE + 1)
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > MAX_TOKEN_FILE {
-        return Err(format!("it is larger than {MAX_TOKEN_FILE} bytes"));
-    }
+    let bytes = super::read_secret_file(path, MAX_TOKEN_FILE).await?;
     let text = std::str::from_utf8(&bytes).map_err(|_| "it is not text".to_owned())?;
     let token = text.trim();
     if token.is_empty() {

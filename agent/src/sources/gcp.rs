@@ -501,14 +501,14 @@ impl Source for Gcp {
         ctx: &'a Context,
     ) -> BoxFuture<'a, Result<Token, SourceError>> {
         Box::pin(async move {
-            match tokio::time::timeout(FETCH_TIMEOUT, self.run(req, ctx)).await {
-                Ok(result) => result,
-                Err(_) => Err(SourceError::transient(format!(
+            super::within(FETCH_TIMEOUT, self.run(req, ctx), || {
+                format!(
                     "{}: no Google access token within {}s (retried with backoff)",
                     req.key,
                     FETCH_TIMEOUT.as_secs()
-                ))),
-            }
+                )
+            })
+            .await
         })
     }
 }
@@ -786,19 +786,7 @@ fn endpoint(raw: &str) -> Result<String, String> {
 }
 
 async fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
-    use tokio::io::AsyncReadExt;
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut raw = Zeroizing::new(Vec::with_capacity(MAX_FILE as usize + 1));
-    file.take(MAX_FILE + 1)
-        .read_to_end(&mut raw)
-        .await
-        .map_err(|e| e.to_string())?;
-    if raw.len() as u64 > MAX_FILE {
-        return Err(format!("it is larger than {MAX_FILE} bytes"));
-    }
-    Ok(raw)
+    super::read_secret_file(path, MAX_FILE).await
 }
 
 fn unix(t: SystemTime) -> i64 {

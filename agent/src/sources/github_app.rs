@@ -446,15 +446,15 @@ impl Source for GitHubApp {
         ctx: &'a Context,
     ) -> BoxFuture<'a, Result<Token, SourceError>> {
         Box::pin(async move {
-            match tokio::time::timeout(FETCH_TIMEOUT, self.run(ctx)).await {
-                Ok(result) => result,
-                Err(_) => Err(SourceError::transient(format!(
+            super::within(FETCH_TIMEOUT, self.run(ctx), || {
+                format!(
                     "{}: no installation token within {}s; is {} reachable?",
                     self.what(),
                     FETCH_TIMEOUT.as_secs(),
                     self.api_url
-                ))),
-            }
+                )
+            })
+            .await
         })
     }
 }
@@ -547,20 +547,7 @@ fn api_url(raw: &str) -> Result<String, String> {
 }
 
 async fn read_key_file(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, String> {
-    use tokio::io::AsyncReadExt;
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| e.to_string())?;
-    // Room for all of it up front: no reallocation leaves a copy behind.
-    let mut pem = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE as usize + 1));
-    file.take(MAX_KEY_FILE + 1)
-        .read_to_end(&mut pem)
-        .await
-        .map_err(|e| e.to_string())?;
-    if pem.len() as u64 > MAX_KEY_FILE {
-        return Err(format!("it is larger than {MAX_KEY_FILE} bytes"));
-    }
-    Ok(pem)
+    super::read_secret_file(path, MAX_KEY_FILE).await
 }
 
 /// The claims of a JWT signed at `now` on our clock, GitHub's clock being

@@ -383,6 +383,41 @@ fn detect_in(table: &[Descriptor], key: &RegistryKey) -> Option<Arc<dyn Source>>
         .find_map(|detect| detect(key))
 }
 
+/// The whole of a file that holds a secret (a key, a token), at most `max`
+/// bytes, in wiped memory (room for all of it up front: no reallocation
+/// leaves a copy behind). The error says why, never what is in it.
+pub async fn read_secret_file(
+    path: &std::path::Path,
+    max: u64,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(max as usize + 1));
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(format!("it is larger than {max} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// `fetch`, or after `limit` the transient error `late` says: every
+/// source bounds its whole fetch this way.
+pub async fn within(
+    limit: Duration,
+    fetch: impl Future<Output = Result<Token, SourceError>>,
+    late: impl FnOnce() -> String,
+) -> Result<Token, SourceError> {
+    match tokio::time::timeout(limit, fetch).await {
+        Ok(result) => result,
+        Err(_) => Err(SourceError::transient(late())),
+    }
+}
+
 /// A stable digest of a source's settings, for cache keys: a changed
 /// setting never reuses a token fetched with the old one.
 /// Not for secrets: see [`identity_digest`].
