@@ -122,7 +122,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The metadata server answers at once where there is one.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a metadata host that did not answer is taken to have none.
-const METADATA_ABSENT_FOR: Duration = Duration::from_secs(300);
+pub const METADATA_ABSENT_FOR: Duration = Duration::from_secs(300);
 /// `gcloud config config-helper` (it may refresh its own token first).
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(15);
 /// The whole fetch, within the helper's wait for the agent.

@@ -16,8 +16,11 @@
 //!    `#[serde(deny_unknown_fields)]`, a type that implements [`Source`],
 //!    and `pub const DESCRIPTOR: Descriptor` with its name, its settings
 //!    parser and, for zero-config hostnames, its detector. Messages go
-//!    through [`text`] (printable, bounded); HTTP through [`Context::http`];
-//!    time through [`Context::clock`].
+//!    through [`text`] (printable, bounded); HTTP through [`Context::http`]
+//!    (form bodies with `http::form`); time through [`Context::clock`]; the
+//!    whole fetch is bounded with [`within`]; key and token files are read
+//!    with [`read_secret_file`], named secrets with
+//!    [`Context::named_secret`], a cloud CLI is run with [`cli`].
 //! 2. A line in [`SOURCES`]: `<name>::DESCRIPTOR`. For a source behind a
 //!    cargo feature, the `cfg`'d line and its `Descriptor::left_out` twin,
 //!    so a build without it says so instead of "unknown source".
