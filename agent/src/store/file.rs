@@ -41,7 +41,7 @@
 //! # Durability
 //!
 //! Every [`apply`](Backend::apply) encrypts the whole new map and replaces
-//! the file with [`write_atomic`]; the in-memory copy changes only after the
+//! the file with `write_atomic`; the in-memory copy changes only after the
 //! write succeeded. So a batch of ops is all-or-nothing, and after a crash
 //! the file holds either the old or the new set of secrets. A new store is
 //! written (empty) when it is opened, which pins its key source.

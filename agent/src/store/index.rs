@@ -33,7 +33,7 @@
 //! against them (and rebuilt when it is missing) each time the agent starts;
 //! for the kernel keyring, whose reads are cheap, every indexed key is read
 //! back and checked. The file is written with
-//! [`write_atomic`](super::atomic::write_atomic) (mode 0600), so it is always
+//! `atomic::write_atomic` (mode 0600), so it is always
 //! either the old or the new version. A file that cannot be read or parsed,
 //! or that has a `version` this build does not know, is an error: it is never
 //! replaced by an empty index, so a bug or a downgrade cannot wipe it.
