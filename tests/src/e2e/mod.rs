@@ -31,10 +31,11 @@
 //! podman uses the CNI backend so that netavark's /run/containers/networks is
 //! never created.
 //!
-//! The modules: [`programs`] (finding the system's clients and servers),
-//! [`checks`] (what the helper was asked and the agent served),
-//! [`registry`] (the registry and a loopback HTTP client), [`docker`]
-//! (dockerd and the docker CLI), [`podman`] (podman, buildah, skopeo).
+//! The modules: `programs` (finding the system's clients and servers),
+//! `checks` (what the helper was asked and the agent served), `registry`
+//! (the registry, with htpasswd or in token mode, and a loopback HTTP
+//! client), `docker` (dockerd and the docker CLI), `podman` (podman,
+//! buildah, skopeo).
 //!
 //! A component that truly cannot start on this machine (a missing program, a
 //! daemon that dies at start) skips the test loudly with `SKIP: ...` on stderr
