@@ -210,3 +210,24 @@ fn each_broken_part_fails_its_own_line_with_the_fix() {
     assert!(detail.contains(&host) && detail.contains("+6"), "{detail}");
     assert!(fix.contains("clock"), "{fix}");
 }
+
+#[test]
+fn a_source_in_use_that_last_failed_is_a_warning() {
+    // A wildcard entry is not fetched by doctor, but its last failure shows.
+    let env = set_up();
+    write_config(
+        &env,
+        "[[registry]]\nmatch = \"*.corp.example\"\nsource = \"exec\"\ncommand = [\"/bin/false\"]\n",
+    );
+    let out = env.helper(&["get"], "a.corp.example");
+    assert!(!out.success(), "{out}");
+    let (out, v) = doctor(&env, true, &[]);
+    assert!(out.success(), "a warning is no failure: {out}");
+    let (status, detail, fix) = line(&v, "source");
+    assert_eq!(status, "warning", "{detail}");
+    assert!(
+        detail.contains("a.corp.example (exec): the last fetch failed"),
+        "{detail}"
+    );
+    assert!(fix.contains("regent verify a.corp.example"), "{fix}");
+}

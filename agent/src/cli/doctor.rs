@@ -570,6 +570,27 @@ fn sources(hosts: &[String]) -> Vec<Check> {
             Err(e) => checks.push(fail("source", format!("{host}: {e}"), "check the agent")),
         }
     }
+    // The other sources in use (detected hosts, wildcard entries): what
+    // their last fetch said, without fetching again.
+    for row in entries() {
+        if row.source == "static" || hosts.contains(&row.key) {
+            continue;
+        }
+        match &row.last_error {
+            Some(error) => checks.push(warn(
+                "source",
+                format!(
+                    "{} ({}): the last fetch failed: {error}",
+                    row.key, row.source
+                ),
+                format!("`regent verify {}` tries it now", row.key),
+            )),
+            None => checks.push(ok(
+                "source",
+                format!("{} ({}): the last fetch gave a token", row.key, row.source),
+            )),
+        }
+    }
     checks
 }
 
