@@ -31,6 +31,12 @@ pub struct Args {
     #[arg(long, value_name = "PATH", default_value_os_t = next_to_this_program("regent-bench-floor"))]
     pub floor: PathBuf,
     /// The cat floor
+    /// The same empty program, linked statically for musl (scripts/bench
+    /// builds it with rustc when the musl target is installed): the
+    /// physical floor of "exec a program". Left out when the file is not
+    /// there.
+    #[arg(long, value_name = "PATH", default_value_os_t = next_to_this_program("regent-bench-floor-static"))]
+    pub floor_static: PathBuf,
     #[arg(long, value_name = "PATH", default_value = "/bin/cat")]
     pub cat: PathBuf,
     /// Traced runs per kind for the exact peak RSS (0: skip)

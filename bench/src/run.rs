@@ -137,6 +137,23 @@ pub fn run(args: &Args) -> Result<(), String> {
             args.runs,
         ),
     ];
+    if args.floor_static.is_file() {
+        subjects.insert(
+            1,
+            Subject::new(
+                "floor-static",
+                "empty Rust binary, static (musl), URL on stdin".into(),
+                timed.proc(&args.floor_static, &[]),
+                input,
+                args.runs,
+            ),
+        );
+    } else {
+        progress(&format!(
+            "no static floor ({} not built: the musl target is not installed)",
+            args.floor_static.display()
+        ));
+    }
     let agent_pid = timed.pid(args.agent_pid);
     verify(server, &subjects)?;
 

@@ -22,8 +22,8 @@ pub struct Bins {
 }
 
 /// Chooses the build of the helper the tests run when `REGENT_BIN_DIR` is
-/// not set: `helper` is the helper as shipped (`cargo build --profile helper
-/// -p regent-helper`: fat LTO, abort on panic), which scripts/test runs;
+/// not set: `helper` is the helper as shipped (scripts/build-helper: static
+/// for musl on Linux, fat LTO, abort on panic), which scripts/test runs;
 /// `debug` (the default of a plain `cargo test`) the one next to the test
 /// executable.
 pub const HELPER_PROFILE_ENV: &str = "REGENT_TEST_HELPER_PROFILE";
@@ -65,7 +65,8 @@ impl Bins {
     }
 }
 
-/// The shipped helper (target/helper/docker-credential-regent), copied once
+/// The shipped helper (target/shipped/docker-credential-regent, which
+/// scripts/build-helper builds: static for musl on Linux), copied once
 /// per test process into a directory of its own next to a hard link of the
 /// agent at `regent`: the helper starts the `regent` next to its own
 /// executable, as in an installation, and must not find another one on PATH.
@@ -73,20 +74,16 @@ fn shipped_helper(bin_dir: &Path, regent: &Path) -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let dir = DIR.get_or_init(|| {
         let target = bin_dir.parent().expect("target/<profile> has a parent");
-        let built = target.join("helper").join(HELPER);
+        let built = target.join("shipped").join(HELPER);
         if !built.is_file() {
             panic!(
-                "{} does not exist: run `cargo build --profile helper -p regent-helper` \
+                "{} does not exist: run `scripts/build-helper` \
                  (or unset {HELPER_PROFILE_ENV} to test the debug helper)",
                 built.display()
             );
         }
         if std::env::var_os("REGENT_TEST_ALLOW_STALE").is_none() {
-            check_fresh(
-                &built,
-                &["helper", "shared"],
-                "cargo build --profile helper -p regent-helper",
-            );
+            check_fresh(&built, &["helper", "shared"], "scripts/build-helper");
         }
         let base = target.join("tmp");
         // Directories of test processes that are gone.

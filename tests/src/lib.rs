@@ -15,7 +15,7 @@
 //! other packages' binaries for `cargo test -p regent-tests`: run
 //! `cargo build --workspace --bins` first. With
 //! `REGENT_TEST_HELPER_PROFILE=helper` (what scripts/test sets) the helper is
-//! the one built as shipped, `cargo build --profile helper -p regent-helper`.
+//! the one built as shipped, by `scripts/build-helper`.
 //!
 //! Every child runs with a hard timeout: a hang kills it and fails the test
 //! with what it printed so far and the agent log.

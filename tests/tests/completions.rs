@@ -443,6 +443,8 @@ fn install_puts_completions_and_man_pages_under_its_prefix() {
     dirs.extend(std::env::split_paths(&path));
     env.set_env("PATH", Some(std::env::join_paths(dirs).unwrap()));
     env.set_env("CARGO_TARGET_DIR", Some(&target));
+    // scripts/build-helper builds for the host: no rustup in this HOME.
+    env.set_env("REGENT_HELPER_NATIVE", Some("1"));
     env.set_env("BINDIR", None::<&str>);
     env.set_env("PREFIX", None::<&str>);
     if which("cc").is_none() {
