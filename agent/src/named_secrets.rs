@@ -32,6 +32,34 @@ pub const MAX_VALUE: usize = 64 << 10;
 )]
 pub struct InvalidName(pub String);
 
+/// The name a source setting refers to with `{ secret = "NAME" }`.
+/// `setting` is the key (`client_secret`), `what` what it stands for (`key`,
+/// `secret`), `how` how to write it; a string (the secret itself) is
+/// refused without being quoted.
+pub fn setting_ref(
+    setting: &str,
+    what: &str,
+    value: toml::Value,
+    how: &str,
+) -> Result<String, String> {
+    let shape = || format!("`{setting}` must be `{{ secret = \"NAME\" }}`: {how}");
+    match value {
+        toml::Value::String(_) => Err(format!(
+            "`{setting}` must not hold the {what} itself (a config file is no place for it): \
+             {how}"
+        )),
+        toml::Value::Table(mut table) => {
+            let name = match table.remove("secret") {
+                Some(toml::Value::String(name)) if table.is_empty() => name,
+                _ => return Err(shape()),
+            };
+            check_name(&name).map_err(|e| format!("`{setting}`: {e}"))?;
+            Ok(name)
+        }
+        _ => Err(shape()),
+    }
+}
+
 /// A name is 1-128 of `A-Z a-z 0-9 . _ -`, starting with a letter: `secret:443`
 /// would be a registry key (host `secret`, port 443).
 pub fn check_name(name: &str) -> Result<(), InvalidName> {
@@ -61,6 +89,30 @@ pub fn is_secret_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_setting_refers_to_a_secret_by_name_and_never_holds_it() {
+        let v = |s: &str| -> toml::Value {
+            toml::from_str::<toml::Table>(&format!("x = {s}")).unwrap()["x"].clone()
+        };
+        assert_eq!(
+            setting_ref("k", "key", v("{ secret = \"gh-app\" }"), "HOW"),
+            Ok("gh-app".to_owned())
+        );
+        assert_eq!(
+            setting_ref("k", "key", v("\"-----BEGIN RSA\""), "HOW").unwrap_err(),
+            "`k` must not hold the key itself (a config file is no place for it): HOW"
+        );
+        for bad in ["{ secret = \"a\", x = 1 }", "{ name = \"a\" }", "3"] {
+            assert_eq!(
+                setting_ref("k", "key", v(bad), "HOW").unwrap_err(),
+                "`k` must be `{ secret = \"NAME\" }`: HOW",
+                "{bad}"
+            );
+        }
+        let e = setting_ref("k", "key", v("{ secret = \"9x\" }"), "HOW").unwrap_err();
+        assert!(e.starts_with("`k`: "), "{e}");
+    }
 
     #[test]
     fn secret_keys_are_never_registry_keys() {

@@ -1182,27 +1182,7 @@ fn check_id(setting: &str, value: &str, ok: fn(&str) -> bool) -> Result<(), Stri
 fn secret_name(value: toml::Value) -> Result<String, String> {
     const HOW: &str = "store the client secret with `regent secret set NAME` and write \
                        `client_secret = { secret = \"NAME\" }`";
-    match value {
-        toml::Value::String(_) => Err(format!(
-            "`client_secret` must not hold the secret itself (a config file is no place for \
-             it): {HOW}"
-        )),
-        toml::Value::Table(mut table) => {
-            let name = match table.remove("secret") {
-                Some(toml::Value::String(name)) if table.is_empty() => name,
-                _ => {
-                    return Err(format!(
-                        "`client_secret` must be `{{ secret = \"NAME\" }}`: {HOW}"
-                    ));
-                }
-            };
-            named_secrets::check_name(&name).map_err(|e| format!("`client_secret`: {e}"))?;
-            Ok(name)
-        }
-        _ => Err(format!(
-            "`client_secret` must be `{{ secret = \"NAME\" }}`: {HOW}"
-        )),
-    }
+    named_secrets::setting_ref("client_secret", "secret", value, HOW)
 }
 
 /// A URL setting checked: https, or http to a loopback host only; no

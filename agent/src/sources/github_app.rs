@@ -497,25 +497,9 @@ fn key_source(
             "`private_key_file` {:?} is not an absolute path",
             path.display().to_string()
         )),
-        (Some(toml::Value::String(_)), None) => Err(format!(
-            "`private_key` must not hold the key itself (a config file is no place for it): \
-             {HOW}"
-        )),
-        (Some(toml::Value::Table(mut table)), None) => {
-            let name = match table.remove("secret") {
-                Some(toml::Value::String(name)) if table.is_empty() => name,
-                _ => {
-                    return Err(format!(
-                        "`private_key` must be `{{ secret = \"NAME\" }}`: {HOW}"
-                    ));
-                }
-            };
-            named_secrets::check_name(&name).map_err(|e| format!("`private_key`: {e}"))?;
-            Ok(KeySource::Secret(name))
+        (Some(value), None) => {
+            named_secrets::setting_ref("private_key", "key", value, HOW).map(KeySource::Secret)
         }
-        (Some(_), None) => Err(format!(
-            "`private_key` must be `{{ secret = \"NAME\" }}`: {HOW}"
-        )),
     }
 }
 
