@@ -212,6 +212,16 @@ impl CredentialTable {
         self.backend.kind()
     }
 
+    /// The memory store's records, as its backend holds them (for the
+    /// program an upgrade hands over to); nothing for the other stores,
+    /// which keep their own.
+    pub fn memory_records(&self) -> Vec<(String, Secret)> {
+        if self.backend.kind() != StoreKind::Memory {
+            return Vec::new();
+        }
+        self.backend.load_all().ok().flatten().unwrap_or_default()
+    }
+
     pub fn location(&self) -> String {
         self.backend.location()
     }

@@ -33,7 +33,8 @@
 //! into a pipe whose read end the new program inherits, named by
 //! `REGENT_MASTER_KEY_FD=<descriptor>`. [`prepare`] reads it from there,
 //! closes the descriptor and keeps the key (zeroed when dropped) for the file
-//! store, which takes it with [`master_key`]. `REGENT_MASTER_KEY_FD` may also
+//! store, which reads it with [`master_key`], and for the program an
+//! upgrade hands over to, which gets it through a new pipe the same way. `REGENT_MASTER_KEY_FD` may also
 //! be set by whoever starts the agent (a descriptor above 2, open for
 //! reading, holding the base64 key: `regent agent --foreground 3<key`);
 //! setting both variables is refused.
@@ -124,12 +125,13 @@ pub fn prepare() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The master key text given to this process, taken (a second call gets
-/// `None`). In the agent: what [`prepare`] read from `REGENT_MASTER_KEY_FD`.
+/// The master key text given to this process. In the agent: what
+/// [`prepare`] read from `REGENT_MASTER_KEY_FD`, kept for the file store and
+/// for the program an upgrade hands over to (`daemon::upgrade`).
 /// Elsewhere (tools, tests): `REGENT_MASTER_KEY`.
 pub fn master_key() -> Option<Zeroizing<Vec<u8>>> {
     if PREPARED.load(Ordering::SeqCst) {
-        return MASTER_KEY.lock().unwrap_or_else(|p| p.into_inner()).take();
+        return MASTER_KEY.lock().unwrap_or_else(|p| p.into_inner()).clone();
     }
     std::env::var_os(MASTER_KEY_ENV).map(|v| Zeroizing::new(v.into_encoded_bytes()))
 }
@@ -187,7 +189,7 @@ fn reexec(vars: &[(OsString, OsString)]) -> anyhow::Error {
 }
 
 /// A pipe holding `key`; its read end, inherited across exec.
-fn key_pipe(key: &[u8]) -> anyhow::Result<OwnedFd> {
+pub fn key_pipe(key: &[u8]) -> anyhow::Result<OwnedFd> {
     if key.len() > MAX_KEY_TEXT {
         bail!(
             "{MASTER_KEY_ENV} is {} bytes long; a master key is 44 characters of base64 \

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,15 @@ pub struct SocketId {
 }
 
 impl SocketId {
+    pub fn new(dev: u64, ino: u64) -> SocketId {
+        SocketId { dev, ino }
+    }
+
+    /// `(dev, ino)`, as a handover carries it.
+    pub fn parts(self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+
     pub fn of(path: &Path) -> Option<SocketId> {
         use std::os::unix::fs::MetadataExt;
         fs::symlink_metadata(path).ok().map(|m| SocketId {
@@ -33,9 +43,18 @@ impl SocketId {
     }
 }
 
-/// The listening socket: handed over by systemd (`None`), or bound here
-/// (the identity of the socket file).
-pub fn listen(socket: &Path) -> anyhow::Result<(UnixListener, Option<SocketId>)> {
+/// The listening socket: handed over by the program this one replaced
+/// (with what it said of it), by systemd (`None`), or bound here (the
+/// identity of the socket file).
+pub fn listen(
+    socket: &Path,
+    handed: Option<(OwnedFd, Option<SocketId>)>,
+) -> anyhow::Result<(UnixListener, Option<SocketId>)> {
+    if let Some((fd, id)) = handed {
+        let listener = StdUnixListener::from(fd);
+        listener.set_nonblocking(true)?;
+        return Ok((UnixListener::from_std(listener)?, id));
+    }
     let mut fds = listenfd::ListenFd::from_env();
     if let Ok(Some(listener)) = fds.take_unix_listener(0) {
         listener.set_nonblocking(true)?;
@@ -80,7 +99,7 @@ pub fn watch_socket(state: Arc<AgentState>, socket: PathBuf, id: SocketId) {
                     socket = %socket.display(),
                     "the socket was removed or replaced; stopping so that another agent can serve the store"
                 );
-                state.shutdown.send_replace(true);
+                state.stop();
                 return;
             }
         }

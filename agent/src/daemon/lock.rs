@@ -74,6 +74,24 @@ impl StoreLock {
         Ok(Lock::Acquired(lock))
     }
 
+    /// The lock the program this one replaced held, handed over open (and
+    /// so still held: a lock belongs to its open file, which the exec kept).
+    pub fn adopt(file: File, data_dir: &Path) -> anyhow::Result<StoreLock> {
+        let path = paths::store_lock_path(data_dir);
+        match file.try_lock() {
+            Ok(()) => Ok(StoreLock { file, path }),
+            Err(e) => Err(anyhow::anyhow!(
+                "the store lock {} handed over is not ours: {e}",
+                path.display()
+            )),
+        }
+    }
+
+    /// The open lock file, for a handover.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Writes our pid and `socket` into the lock, in one write.
     pub fn advertise(&mut self, socket: &Path) -> io::Result<()> {
         let mut text = format!("{}\n", std::process::id()).into_bytes();

@@ -27,6 +27,10 @@
 //!    removed or replaced (an agent nobody can reach must not keep the store
 //!    locked); then remove the socket if it is still ours. SIGHUP re-reads
 //!    the config's token sources (as `regent reload` does).
+//! 10. Follow the program: once the `regent` file it was started from is
+//!     replaced, hand over to the new program in place ([`upgrade`]), which
+//!     adopts the socket, the store lock and the store instead of steps 3,
+//!     5 and 8.
 //!
 //! Where each step is: 1 and 3 in `process` (`harden`, `detach`), 2
 //! `store_choice`, 4 `checked_socket`, 5 `lock_store` over `lock`, 6
@@ -59,6 +63,7 @@ mod process;
 pub mod server;
 mod signals;
 pub mod state;
+mod upgrade;
 
 use lock::{Lock, StoreLock};
 use state::AgentState;
@@ -93,28 +98,68 @@ pub fn run(foreground: bool) -> ExitCode {
     }
 }
 
-/// Steps 1 to 9 of the module docs, in order.
+/// Steps 1 to 9 of the module docs, in order; or, after an upgrade, the
+/// same agent going on in this program with what the one it replaced
+/// handed over (`upgrade`).
 fn start(spawned: bool) -> anyhow::Result<ExitCode> {
     process::harden();
     let settings = Settings::load()?;
-    let choice = store_choice(&settings)?;
-    if spawned {
+    let handover = upgrade::take().context("cannot take over from the agent's previous program")?;
+    let store = handover
+        .as_ref()
+        .map_or(settings.store.as_str(), |h| h.store.as_str());
+    let choice = store_choice(store, &settings)?;
+    if spawned && handover.is_none() {
         process::detach();
     }
     let socket = checked_socket()?;
     let data_dir = paths::data_dir();
-    let Some(store_lock) = lock_store(&data_dir, &socket, spawned)? else {
-        // Another agent for our socket won a start race and is ready.
-        return Ok(ExitCode::SUCCESS);
+    let (store_lock, handed, records, from) = match handover {
+        Some(h) => {
+            let upgrade::Handover {
+                listener,
+                lock,
+                socket_id,
+                store_reason,
+                started_unix,
+                from_version,
+                records,
+                ..
+            } = h;
+            let handed = Handed {
+                listener,
+                socket_id,
+                store_reason,
+                started_unix,
+            };
+            let lock = StoreLock::adopt(lock, &data_dir)?;
+            (lock, Some(handed), Some(records), Some(from_version))
+        }
+        None => match lock_store(&data_dir, &socket, spawned)? {
+            Some(lock) => (lock, None, None, None),
+            // Another agent for our socket won a start race and is ready.
+            None => return Ok(ExitCode::SUCCESS),
+        },
     };
     let log = logging::init(!spawned, &settings.log)?;
-    tracing::info!(
-        pid = std::process::id(),
-        version = env!("CARGO_PKG_VERSION"),
-        "agent starting"
-    );
+    match &from {
+        None => tracing::info!(
+            pid = std::process::id(),
+            version = env!("CARGO_PKG_VERSION"),
+            "agent starting"
+        ),
+        Some(from) => tracing::info!(
+            pid = std::process::id(),
+            version = env!("CARGO_PKG_VERSION"),
+            from = %from,
+            "agent upgraded in place: taking over the socket, the store lock and the store"
+        ),
+    }
     tracing::info!(memory = %process::lock_memory(), "secret pages");
-    let (credentials, store_reason) = open_store(choice, data_dir, &settings)?;
+    let (credentials, mut store_reason) = open_store(choice, data_dir, &settings, records)?;
+    if let Some(h) = &handed {
+        store_reason.clone_from(&h.store_reason);
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .thread_name("regent")
@@ -127,15 +172,17 @@ fn start(spawned: bool) -> anyhow::Result<ExitCode> {
         store_reason,
         log,
         store_lock,
+        handed,
     };
     runtime.block_on(serve(opened, socket, spawned))?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The store the config asks for; the kernel keyring's session keyring is
-/// made here, before any thread exists.
-fn store_choice(settings: &Settings) -> anyhow::Result<Choice> {
-    let choice: Choice = settings.store.parse().map_err(|e| {
+/// The store `store` names (the config's, or the one an upgraded agent
+/// served); the kernel keyring's session keyring is made here, before any
+/// thread exists.
+fn store_choice(store: &str, settings: &Settings) -> anyhow::Result<Choice> {
+    let choice: Choice = store.parse().map_err(|e| {
         anyhow!(
             "{e} (from REGENT_STORE or `store` in {})",
             settings.path.display()
@@ -193,17 +240,25 @@ fn lock_store(data_dir: &Path, socket: &Path, spawned: bool) -> anyhow::Result<O
 }
 
 /// The store and its index, loaded; and why this store was chosen.
+/// `records`: the memory store's, handed over by an upgrade.
 fn open_store(
     choice: Choice,
     data_dir: PathBuf,
     settings: &Settings,
+    records: Option<Vec<(String, regent_shared::Secret)>>,
 ) -> anyhow::Result<(Arc<CredentialTable>, String)> {
     let ctx = StoreContext {
         data_dir,
         config_dir: paths::config_dir(),
         keyring_service: settings.keyring_service.clone(),
     };
-    let opened = select::open(choice, &ctx)?;
+    let mut opened = select::open(choice, &ctx)?;
+    if let Some(records) = records.filter(|r| !r.is_empty())
+        && opened.backend.kind() == crate::store::StoreKind::Memory
+    {
+        tracing::info!(records = records.len(), "memory store handed over");
+        opened.backend = Arc::new(crate::store::memory::MemoryBackend::with_records(records));
+    }
     tracing::info!(store = %opened.backend.kind(), reason = %opened.reason, "store opened");
     let index = Index::load(opened.index_path.clone())?;
     let credentials = Arc::new(CredentialTable::open(opened.backend, index)?);
@@ -218,6 +273,15 @@ struct Opened {
     store_reason: String,
     log: Option<PathBuf>,
     store_lock: StoreLock,
+    handed: Option<Handed>,
+}
+
+/// What an upgrade handed over beyond the lock and the store.
+struct Handed {
+    listener: std::os::fd::OwnedFd,
+    socket_id: Option<listen::SocketId>,
+    store_reason: String,
+    started_unix: i64,
 }
 
 /// Listens, says ready, and serves until told to stop; then removes the
@@ -229,8 +293,10 @@ async fn serve(opened: Opened, socket: PathBuf, spawned: bool) -> anyhow::Result
         store_reason,
         log,
         mut store_lock,
+        handed,
     } = opened;
-    let (listener, bound) = listen::listen(&socket)?;
+    let started_unix = handed.as_ref().map_or_else(now_unix, |h| h.started_unix);
+    let (listener, bound) = listen::listen(&socket, handed.map(|h| (h.listener, h.socket_id)))?;
     let activated = bound.is_none();
     // Where clients of other sessions find us: the path systemd bound, when
     // it handed the socket over.
@@ -241,14 +307,48 @@ async fn serve(opened: Opened, socket: PathBuf, spawned: bool) -> anyhow::Result
     if activated && let Err(e) = store_lock.advertise(&socket) {
         tracing::warn!(lock = %store_lock.path.display(), "cannot write the socket into the store lock: {e}");
     }
-    let state = agent_state(settings, credentials, store_reason, log, &socket);
+    let state = agent_state(
+        settings,
+        credentials,
+        store_reason,
+        log,
+        &socket,
+        started_unix,
+    );
     signals::watch(state.clone())?;
     if let Some(id) = bound {
         listen::watch_socket(state.clone(), socket.clone(), id);
     }
+    if let Some(binary) = upgrade::Binary::running() {
+        upgrade::watch(state.clone(), binary);
+    }
     process::announce_ready(spawned);
     tracing::info!(socket = %socket.display(), activated, "listening");
-    server::serve(listener, state).await;
+    loop {
+        server::serve(&listener, state.clone()).await;
+        let Some(program) = state.upgrading() else {
+            break;
+        };
+        use std::os::fd::AsRawFd;
+        let err = upgrade::exec(
+            &program,
+            upgrade::Outgoing {
+                listener: listener.as_raw_fd(),
+                lock: store_lock.file(),
+                socket_id: bound,
+                store: state.credentials.kind().name().to_owned(),
+                store_reason: state.store_reason.clone(),
+                started_unix: state.started_unix,
+                records: state.credentials.memory_records(),
+            },
+        );
+        tracing::error!(
+            "cannot hand over to {} ({err:#}); serving on as version {}",
+            program.display(),
+            env!("CARGO_PKG_VERSION")
+        );
+        state.upgrade_failed();
+    }
     if let Some(id) = bound {
         listen::remove_if_ours(&socket, id);
     }
@@ -263,6 +363,7 @@ fn agent_state(
     store_reason: String,
     log: Option<PathBuf>,
     socket: &Path,
+    started_unix: i64,
 ) -> Arc<AgentState> {
     let config = if settings.file_present {
         settings.path.display().to_string()
@@ -283,9 +384,15 @@ fn agent_state(
         store_reason,
         config: Some(config),
         log: log.map(|p| p.display().to_string()),
-        started_unix: now_unix(),
-        started: Instant::now(),
+        started_unix,
+        // Uptime counts from the first program of an upgraded agent.
+        started: Instant::now()
+            .checked_sub(Duration::from_secs(
+                u64::try_from(now_unix() - started_unix).unwrap_or(0),
+            ))
+            .unwrap_or_else(Instant::now),
         uid: paths::current_uid(),
         shutdown,
+        upgrade: std::sync::Mutex::new(None),
     })
 }

@@ -22,7 +22,7 @@ pub fn watch(state: Arc<AgentState>) -> anyhow::Result<()> {
                 }
             }
         }
-        let _ = state.shutdown.send(true);
+        state.stop();
     });
     Ok(())
 }

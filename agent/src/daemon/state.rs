@@ -2,7 +2,7 @@
 //! the request handlers, `Status`, `Reload` and the signal watcher.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use regent_shared::protocol::{PROTOCOL_VERSION, StatusInfo};
@@ -30,6 +30,9 @@ pub struct AgentState {
     pub uid: u32,
     /// Flipped to `true` to stop the agent.
     pub shutdown: watch::Sender<bool>,
+    /// The program to hand over to once the server stops accepting
+    /// (`daemon::upgrade`).
+    pub upgrade: Mutex<Option<PathBuf>>,
 }
 
 /// A reload that took effect: the file read and how many entries it holds.
@@ -45,6 +48,32 @@ pub struct Reloaded {
 pub struct ReloadError(#[from] ConfigError);
 
 impl AgentState {
+    /// Stops the agent (and calls off an upgrade in progress).
+    pub fn stop(&self) {
+        *self.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.shutdown.send_replace(true);
+    }
+
+    /// Stops accepting connections, to hand over to `program`.
+    pub fn request_upgrade(&self, program: PathBuf) {
+        *self.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(program);
+        self.shutdown.send_replace(true);
+    }
+
+    /// The program to hand over to, if an upgrade was asked for.
+    pub fn upgrading(&self) -> Option<PathBuf> {
+        self.upgrade
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Serves on after a handover failed.
+    pub fn upgrade_failed(&self) {
+        *self.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.shutdown.send_replace(false);
+    }
+
     pub fn rules(&self) -> Arc<Rules> {
         self.rules.read().expect("rules lock").clone()
     }

@@ -18,6 +18,13 @@ impl MemoryBackend {
         MemoryBackend::default()
     }
 
+    /// A store holding `records`: what an agent hands over on an upgrade.
+    pub fn with_records(records: Vec<(String, Secret)>) -> MemoryBackend {
+        MemoryBackend {
+            secrets: Mutex::new(records.into_iter().collect()),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Secret>> {
         // A panic while holding the lock cannot leave the map half-updated
         // (apply only inserts and removes), so a poisoned lock is still usable.

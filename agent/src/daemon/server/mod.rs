@@ -19,6 +19,7 @@ use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 
 use super::state::AgentState;
+use super::upgrade::DRAIN_TIMEOUT;
 
 mod connection;
 mod handlers;
@@ -29,8 +30,11 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CONNECTIONS: usize = 1024;
 
-/// Serves connections until `state.shutdown` turns true.
-pub async fn serve(listener: UnixListener, state: Arc<AgentState>) {
+/// Serves connections until `state.shutdown` turns true; before an upgrade
+/// (`daemon::upgrade`), then waits up to `DRAIN_TIMEOUT` for the sessions in
+/// progress to end. The listener stays open: connections made meanwhile
+/// wait in its queue.
+pub async fn serve(listener: &UnixListener, state: Arc<AgentState>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut shutdown = state.shutdown.subscribe();
     loop {
@@ -72,5 +76,15 @@ pub async fn serve(listener: UnixListener, state: Arc<AgentState>) {
                 tracing::debug!(error = %e, "connection ended");
             }
         });
+    }
+    if state.upgrading().is_some() {
+        let all = MAX_CONNECTIONS as u32;
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, slots.acquire_many(all)).await;
+        if drained.is_err() {
+            tracing::warn!(
+                in_progress = MAX_CONNECTIONS - slots.available_permits(),
+                "sessions still open after {DRAIN_TIMEOUT:?}; handing over anyway (their clients retry)"
+            );
+        }
     }
 }

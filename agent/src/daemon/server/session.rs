@@ -58,7 +58,7 @@ pub async fn serve(stream: UnixStream, state: &AgentState) -> Result<(), FrameEr
                     conn.queue(&response)?;
                     conn.flush().await?;
                     tracing::info!("quit requested by a client");
-                    let _ = state.shutdown.send(true);
+                    state.stop();
                     return Ok(());
                 }
                 response
