@@ -159,3 +159,67 @@ fn the_agent_takes_the_socket_systemd_hands_it() {
     env.store_ok("after.example.test", "ci", &secret);
     assert_eq!(env.get_ok("after.example.test").secret, secret);
 }
+
+#[test]
+fn an_activated_agent_follows_its_replaced_program_on_the_same_socket() {
+    let Some(tool) = which("systemd-socket-activate") else {
+        skip(
+            "an_activated_agent_follows_its_replaced_program_on_the_same_socket",
+            "systemd-socket-activate is not installed (Debian package systemd)",
+        );
+        return;
+    };
+    let mut env = TestEnv::new();
+    // An installed copy, replaced as a package upgrade replaces it.
+    let bin = env.root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let regent = bin.join(regent_tests::REGENT);
+    std::fs::copy(&env.bins.regent, &regent).unwrap();
+    env.bins.regent = regent.clone();
+    let notify_path = env.root.join("notify.sock");
+    let _notify = UnixDatagram::bind(&notify_path).unwrap();
+    let activator = Reaped::new(activate(&env, &tool, &notify_path));
+    let pid = activator.pid;
+    assert!(wait_until(Duration::from_secs(10), || env.socket.exists()));
+    let secret = random_secret(24);
+    env.store_ok("activated-upgrade.example.test", "ci", &secret);
+    assert_eq!(env.agent_pid(), Some(pid));
+
+    let new = regent.with_extension("new");
+    std::fs::copy(&regent, &new).unwrap();
+    std::fs::rename(&new, &regent).unwrap();
+    let exe = || {
+        std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    let stderr = || std::fs::read_to_string(env.root.join("activated.stderr")).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(30), || exe()
+            == regent.display().to_string()),
+        "no handover: {}\n{}",
+        exe(),
+        stderr()
+    );
+    assert_eq!(env.agent_pid(), Some(pid));
+    assert_eq!(env.get_ok("activated-upgrade.example.test").secret, secret);
+    assert_eq!(env.status_json().socket, env.socket.display().to_string());
+    assert_eq!(
+        stderr().matches("activated=true").count(),
+        2,
+        "both programs serve systemd's socket\n{}",
+        stderr()
+    );
+    let out = env.run(
+        env.command(&env.bins.regent).arg("stop"),
+        regent_tests::Input::Bytes(b""),
+        regent_tests::DEFAULT_TIMEOUT,
+    );
+    assert!(out.success(), "regent stop\n{out}");
+    assert!(
+        activator
+            .exited
+            .recv_timeout(Duration::from_secs(10))
+            .is_ok()
+    );
+}
