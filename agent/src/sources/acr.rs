@@ -116,7 +116,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::cli::{self, CliError};
-use super::http::{Body, HttpError, Reply, form, is_loopback};
+use super::http::{BadUrl, Body, HttpError, Reply, endpoint_url, form};
 use super::{BoxFuture, Context, Descriptor, Source, SourceError, SourceRequest, Token, text};
 use crate::named_secrets;
 
@@ -1190,21 +1190,14 @@ fn secret_name(value: toml::Value) -> Result<String, String> {
 fn url_setting(setting: &str, raw: &str, example: &str) -> Result<String, String> {
     let url = raw.trim_end_matches('/');
     let bad = || format!("`{setting}` {raw:?} is not an https URL (like {example:?})");
-    let uri: hyper::Uri = url.parse().map_err(|_| bad())?;
-    let authority = uri.authority().ok_or_else(bad)?;
-    if authority.as_str().contains('@') || uri.query().is_some() || raw.contains('#') {
-        return Err(bad());
-    }
-    match uri.scheme_str() {
-        Some("https") => Ok(url.to_owned()),
-        Some("http") if is_loopback(authority.host()) => Ok(url.to_owned()),
-        Some("http") => Err(format!(
+    endpoint_url(url).map_err(|e| match e {
+        BadUrl::Malformed => bad(),
+        BadUrl::ClearText => format!(
             "`{setting}` {raw:?} is http:// to a host that is not loopback: Azure tokens would \
              cross the network in clear; use https:// (http:// is only for 127.0.0.1, ::1 and \
              localhost)"
-        )),
-        _ => Err(bad()),
-    }
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -767,22 +767,13 @@ fn unreachable(what: &str, url: &str, e: &HttpError) -> SourceError {
 
 /// A token endpoint checked: https, or http to a loopback host only.
 fn endpoint(raw: &str) -> Result<String, String> {
-    let uri: hyper::Uri = raw
-        .parse()
-        .map_err(|_| format!("{:?} is not a URL", text::clip(raw)))?;
-    let host = uri
-        .authority()
-        .map(|a| a.host())
-        .ok_or_else(|| format!("{:?} is not a URL", text::clip(raw)))?;
-    let loopback = http::is_loopback(host);
-    match uri.scheme_str() {
-        Some("https") => Ok(raw.to_owned()),
-        Some("http") if loopback => Ok(raw.to_owned()),
-        _ => Err(format!(
+    http::endpoint_url(raw).map_err(|e| match e {
+        http::BadUrl::Malformed => format!("{:?} is not an https URL", text::clip(raw)),
+        http::BadUrl::ClearText => format!(
             "{:?} is not https:// (http:// is only for loopback hosts)",
             text::clip(raw)
-        )),
-    }
+        ),
+    })
 }
 
 async fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {

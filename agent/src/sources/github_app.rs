@@ -77,7 +77,7 @@ use regent_shared::Secret;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::http::{Body, HttpError, Reply};
+use super::http::{BadUrl, Body, HttpError, Reply};
 use super::{BoxFuture, Context, Descriptor, Source, SourceError, SourceRequest, Token, text};
 use crate::named_secrets;
 
@@ -513,21 +513,14 @@ fn api_url(raw: &str) -> Result<String, String> {
              \"https://github.example.com/api/v3\" for GitHub Enterprise Server)"
         )
     };
-    let uri: hyper::Uri = url.parse().map_err(|_| bad())?;
-    let authority = uri.authority().ok_or_else(bad)?;
-    if authority.as_str().contains('@') || uri.query().is_some() || raw.contains('#') {
-        return Err(bad());
-    }
-    match uri.scheme_str() {
-        Some("https") => Ok(url.to_owned()),
-        Some("http") if super::http::is_loopback(authority.host()) => Ok(url.to_owned()),
-        Some("http") => Err(format!(
+    super::http::endpoint_url(url).map_err(|e| match e {
+        BadUrl::Malformed => bad(),
+        BadUrl::ClearText => format!(
             "`api_url` {raw:?} is http:// to a host that is not loopback: the App's JWT and \
              the token would cross the network in clear; use https:// (http:// is only for \
              127.0.0.1, ::1 and localhost)"
-        )),
-        _ => Err(bad()),
-    }
+        ),
+    })
 }
 
 async fn read_key_file(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, String> {

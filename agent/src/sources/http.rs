@@ -146,6 +146,36 @@ pub fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Why a configured endpoint URL is refused ([`endpoint_url`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadUrl {
+    /// Not an absolute http(s) URL, or one with user info, a query or a
+    /// fragment.
+    Malformed,
+    /// `http://` to a host that is not this machine: tokens would cross the
+    /// network in clear.
+    ClearText,
+}
+
+/// A configured endpoint (an API, authority or token URL): `https://`, or
+/// `http://` to a loopback host only; no user info, query or fragment;
+/// trailing slashes dropped. The one check of every source's URL
+/// settings; each says in its own words what the URL is for.
+pub fn endpoint_url(raw: &str) -> Result<String, BadUrl> {
+    let url = raw.trim_end_matches('/');
+    let uri: hyper::Uri = url.parse().map_err(|_| BadUrl::Malformed)?;
+    let authority = uri.authority().ok_or(BadUrl::Malformed)?;
+    if authority.as_str().contains('@') || uri.query().is_some() || raw.contains('#') {
+        return Err(BadUrl::Malformed);
+    }
+    match uri.scheme_str() {
+        Some("https") => Ok(url.to_owned()),
+        Some("http") if is_loopback(authority.host()) => Ok(url.to_owned()),
+        Some("http") => Err(BadUrl::ClearText),
+        _ => Err(BadUrl::Malformed),
+    }
+}
+
 /// `pairs` as an `application/x-www-form-urlencoded` body, in wiped memory
 /// (sized up front: no reallocation leaves a copy behind).
 pub fn form(pairs: &[(&str, &str)]) -> Zeroizing<String> {
@@ -199,6 +229,42 @@ mod tests {
 
     fn get(url: &str) -> Request<Body> {
         Request::get(url).body(Body::default()).unwrap()
+    }
+
+    #[test]
+    fn endpoints_are_https_or_loopback_and_nothing_else() {
+        assert_eq!(
+            endpoint_url("https://api.example.com/v3/").unwrap(),
+            "https://api.example.com/v3"
+        );
+        assert_eq!(
+            endpoint_url("http://127.0.0.1:9/t").unwrap(),
+            "http://127.0.0.1:9/t"
+        );
+        assert_eq!(endpoint_url("http://[::1]:9").unwrap(), "http://[::1]:9");
+        assert_eq!(
+            endpoint_url("http://LocalHost/x").unwrap(),
+            "http://LocalHost/x"
+        );
+        assert_eq!(
+            endpoint_url("http://api.example.com"),
+            Err(BadUrl::ClearText)
+        );
+        assert_eq!(
+            endpoint_url("http://127.0.0.1.example.com"),
+            Err(BadUrl::ClearText)
+        );
+        for bad in [
+            "",
+            "api.example.com",
+            "file:///etc/passwd",
+            "ftp://api.example.com",
+            "https://user:pw@api.example.com",
+            "https://api.example.com/?a=1",
+            "https://api.example.com/#frag",
+        ] {
+            assert_eq!(endpoint_url(bad), Err(BadUrl::Malformed), "{bad}");
+        }
     }
 
     #[test]
