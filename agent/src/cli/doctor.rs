@@ -116,6 +116,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     checks.push(agent.0);
     checks.push(store(status.as_ref()));
     checks.push(config(&settings));
+    // The agent's entries, listed once after the sources were fetched.
+    let mut rows = None;
     if let (Ok(settings), Some(_)) = (&settings, &status) {
         let hosts: Vec<String> = settings
             .rules
@@ -131,10 +133,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 hosts.len()
             ));
         }
-        checks.extend(sources(&hosts));
+        let (source_checks, listed) = sources(&hosts);
+        checks.extend(source_checks);
+        rows = Some(listed);
     }
     step("the clock against the registries in use");
-    checks.push(clock(status.is_some()));
+    let rows = match rows {
+        Some(rows) => rows,
+        None if status.is_some() => entries(),
+        None => Vec::new(),
+    };
+    checks.push(clock(&rows));
     checks.push(service());
     let failed = checks.iter().any(|c| c.status == Status::Failed);
     if args.json {
@@ -530,12 +539,16 @@ fn config(settings: &Result<Settings, crate::config::ConfigError>) -> Check {
 
 /// A token from each configured exact host's source, fetched now through
 /// the agent with this shell's variables.
-fn sources(hosts: &[String]) -> Vec<Check> {
+/// A check per configured host, fetched now, and per other source in use;
+/// with the agent's entries as they are after the fetches.
+fn sources(hosts: &[String]) -> (Vec<Check>, Vec<EntryInfo>) {
+    let fetched: Vec<_> = hosts.iter().map(|host| (host, fetch(host))).collect();
+    let rows = entries();
     let mut checks = Vec::new();
-    for host in hosts {
-        match fetch(host) {
+    for (host, answer) in fetched {
+        match answer {
             Ok(Response::Credentials { username, .. }) => {
-                let row = entries().into_iter().find(|r| &r.key == host);
+                let row = rows.iter().find(|r| &r.key == host);
                 let expiry = row
                     .as_ref()
                     .and_then(|r| r.expires)
@@ -544,7 +557,7 @@ fn sources(hosts: &[String]) -> Vec<Check> {
                         format!(", expires in {}", human_duration(left.max(0) as u64))
                     })
                     .unwrap_or_default();
-                let source = row.map(|r| r.source).unwrap_or_else(|| "?".into());
+                let source = row.map_or("?", |r| r.source.as_str());
                 checks.push(ok(
                     "source",
                     format!("{host}: {source} gave a token for {username}{expiry}"),
@@ -572,7 +585,7 @@ fn sources(hosts: &[String]) -> Vec<Check> {
     }
     // The other sources in use (detected hosts, wildcard entries): what
     // their last fetch said, without fetching again.
-    for row in entries() {
+    for row in &rows {
         if row.source == "static" || hosts.contains(&row.key) {
             continue;
         }
@@ -591,7 +604,7 @@ fn sources(hosts: &[String]) -> Vec<Check> {
             )),
         }
     }
-    checks
+    (checks, rows)
 }
 
 fn fetch(host: &str) -> Result<Response, client::ClientError> {
@@ -615,22 +628,18 @@ fn unix(t: SystemTime) -> i64 {
 
 /// The clock against the `Date` of the registries regent holds logins or
 /// tokens for (at most three, [`CLOCK_TIMEOUT`] in all).
-fn clock(agent: bool) -> Check {
-    let hosts: Vec<String> = if agent {
-        // Registries that answered before: a stored login, or a source
-        // that gave a token (not one that only ever failed).
-        let mut hosts: Vec<String> = entries()
-            .into_iter()
-            .filter(|r| r.source == "static" || (r.last_error.is_none() && r.expires.is_some()))
-            .map(|r| r.key)
-            .collect();
-        hosts.sort();
-        hosts.dedup();
-        hosts.truncate(3);
-        hosts
-    } else {
-        Vec::new()
-    };
+/// `rows`: the agent's entries (none without an agent).
+fn clock(rows: &[EntryInfo]) -> Check {
+    // Registries that answered before: a stored login, or a source that
+    // gave a token (not one that only ever failed).
+    let mut hosts: Vec<String> = rows
+        .iter()
+        .filter(|r| r.source == "static" || (r.last_error.is_none() && r.expires.is_some()))
+        .map(|r| r.key.clone())
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts.truncate(3);
     if hosts.is_empty() {
         return ok("clock", "not compared: no registry in use to ask");
     }
