@@ -28,8 +28,12 @@ fn activate(env: &TestEnv, tool: &std::path::Path, notify: &std::path::Path) -> 
             cmd.arg("-E").arg(name);
         }
     }
-    for name in ["PATH", "HOME"] {
-        cmd.arg("-E").arg(name);
+    // What the agent inherits from the caller rather than from the env:
+    // the keyring store's session bus is the caller's.
+    for name in ["PATH", "HOME", "DBUS_SESSION_BUS_ADDRESS"] {
+        if std::env::var_os(name).is_some() {
+            cmd.arg("-E").arg(name);
+        }
     }
     let mut notify_var = std::ffi::OsString::from("NOTIFY_SOCKET=");
     notify_var.push(notify);
