@@ -10,13 +10,21 @@
 //! caller's environment points at, which must hold a credential for URL.
 //! `--help` lists the options.
 //!
-//! Three kinds of process are spawned `--runs` times each (default 2000),
+//! These kinds of process are spawned `--runs` times each (default 2000),
 //! round-robin with the order rotating every round, so that machine noise hits
 //! all of them alike:
 //!
 //! - `floor`: `regent-bench-floor`, an empty Rust binary, with the URL on stdin;
+//! - `floor-static`: the same program linked statically for musl, when
+//!   scripts/bench could build it (`--floor-static`);
 //! - `cat`: `/bin/cat`, reading the URL from stdin;
 //! - `helper`: `docker-credential-regent get`, with the URL on stdin;
+//! - the helper's other operations, on an agent of this program's own only
+//!   (not with `--server`, whose agent is the caller's): `get-missing` (a
+//!   `get` of a server never stored, which exits 1 with Docker's "not
+//!   found" message), `store` (JSON on stdin, overwriting one server),
+//!   `list-100` (with 100 credentials stored) and `erase` (of a server
+//!   re-stored untimed before each run);
 //! - `ecr` (a fourth kind, unless `--quick` or `--no-ecr`): the helper's `get`
 //!   of an ECR host whose token a second agent of this program's own holds
 //!   (see [`ecr`]); that section then counts token-endpoint calls over

@@ -63,6 +63,12 @@ pub fn run_capture(proc: &Proc, input: &[u8]) -> Result<std::process::Output, St
 /// Spawns `program args` once with `input` on stdin and stdout/stderr on
 /// /dev/null; returns its wall time and peak RSS, and whether it exited 0.
 pub fn run_once(proc: &Proc, input: &[u8]) -> io::Result<(Sample, bool)> {
+    let (sample, status) = run_status(proc, input)?;
+    Ok((sample, status == Some(0)))
+}
+
+/// As [`run_once`], with the exit status (`None`: killed by a signal).
+pub fn run_status(proc: &Proc, input: &[u8]) -> io::Result<(Sample, Option<i32>)> {
     // Fill the pipe before the spawn: the input is far below the pipe's
     // capacity, so the write cannot block and is not part of the timing.
     let (reader, mut writer) = io::pipe()?;
@@ -81,13 +87,13 @@ pub fn run_once(proc: &Proc, input: &[u8]) -> io::Result<(Sample, bool)> {
     // `child` was reaped by wait4; dropping a std Child never waits.
     drop(child);
 
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
     Ok((
         Sample {
             wall,
             max_rss: max_rss_bytes(&usage),
         },
-        ok,
+        code,
     ))
 }
 

@@ -12,7 +12,17 @@ use crate::load::LoadReport;
 use crate::proc::Sample;
 use crate::sources::{self, SourcesReport};
 use crate::system::AgentMemory;
-use crate::timing::Subject;
+use crate::timing::{LIST_ENTRIES, Subject};
+
+/// The helper operations reported beside the floors (no target but `get`'s):
+/// the subject's name and the key under `operations` in the JSON.
+const OPERATIONS: [(&str, &str); 5] = [
+    ("helper", "get"),
+    ("get-missing", "get_missing"),
+    ("store", "store"),
+    ("list-100", "list_100"),
+    ("erase", "erase"),
+];
 
 /// The helper's median may be at most this multiple of the dynamic floor's
 /// (an empty dynamically linked Rust binary): the static helper skips what
@@ -94,6 +104,8 @@ pub struct Report<'a> {
     pub load_after: Option<String>,
     /// Why there is no exact peak RSS, when there is none.
     pub rss_note: Option<String>,
+    /// Why `get-missing`, `store`, `list-100` and `erase` were not timed.
+    pub operations_note: Option<String>,
     pub ecr: Option<EcrReport>,
     pub ecr_note: Option<String>,
     pub sources: Option<SourcesReport>,
@@ -136,13 +148,79 @@ impl Report<'_> {
     }
 
     fn ratio(&self, floor: &str) -> f64 {
-        let helper = self.stats_of("helper").median.as_secs_f64();
+        self.ratio_of("helper", floor)
+    }
+
+    /// `name`'s median over `floor`'s.
+    fn ratio_of(&self, name: &str, floor: &str) -> f64 {
+        let median = self.stats_of(name).median.as_secs_f64();
         let floor = self.stats_of(floor).median.as_secs_f64();
         if floor > 0.0 {
-            helper / floor
+            median / floor
         } else {
             f64::NAN
         }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.subjects.iter().any(|s| s.name == name)
+    }
+
+    /// The helper operations that were timed: (subject, JSON key).
+    fn operations(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+        OPERATIONS.into_iter().filter(|(name, _)| self.has(name))
+    }
+
+    /// The table of the helper operations against both floors.
+    fn operations_text(&self, o: &mut String) {
+        let _ = writeln!(
+            o,
+            "helper operations (median, p99, median / floor, median / static floor; targets on get only):"
+        );
+        let has_static = self.has("floor-static");
+        for (name, key) in self.operations() {
+            let st = self.stats_of(name);
+            let vs_static = if has_static {
+                format!("{:>6.3}x", self.ratio_of(name, "floor-static"))
+            } else {
+                format!("{:>7}", "-")
+            };
+            let _ = writeln!(
+                o,
+                "  {:<12} {:>6.3} ms {:>6.3} ms   {:>6.3}x floor   {vs_static} static floor   {} fails",
+                key.replace('_', "-"),
+                ms(st.median),
+                ms(st.p99),
+                self.ratio_of(name, "floor"),
+                self.subject(name).failures,
+            );
+        }
+        if let Some(note) = &self.operations_note {
+            let _ = writeln!(o, "  ({note})");
+        }
+    }
+
+    fn operations_json(&self) -> Value {
+        let has_static = self.has("floor-static");
+        let ops: serde_json::Map<String, Value> = self
+            .operations()
+            .map(|(name, key)| {
+                let st = self.stats_of(name);
+                let mut v = json!({
+                    "kind": name,
+                    "median_ms": ms(st.median),
+                    "p99_ms": ms(st.p99),
+                    "failures": self.subject(name).failures,
+                    "ratio_to_floor": self.ratio_of(name, "floor"),
+                    "ratio_to_floor_static": has_static.then(|| self.ratio_of(name, "floor-static")),
+                });
+                if name == "list-100" {
+                    v["entries"] = json!(LIST_ENTRIES);
+                }
+                (key.to_owned(), v)
+            })
+            .collect();
+        Value::Object(ops)
     }
 
     pub fn text(&self) -> String {
@@ -221,6 +299,9 @@ impl Report<'_> {
             "helper median / cat median:                       {:.3}x   (for reference)",
             self.ratio("cat")
         );
+        let _ = writeln!(o);
+        self.operations_text(&mut o);
+        let _ = writeln!(o);
         let helper_fails = self.subject("helper").failures;
         if helper_fails > 0 {
             let _ = writeln!(
@@ -349,6 +430,8 @@ impl Report<'_> {
             "helper_peak_rss_source": how,
             "rss_runs": self.args.rss_runs,
             "rss_note": self.rss_note,
+            "operations": self.operations_json(),
+            "operations_note": self.operations_note,
             "agent_pid": self.agent_pid,
             "agent_rss_before_bytes": self.agent_before.map(|m| m.rss),
             "agent_rss_after_bytes": agent_rss,

@@ -7,6 +7,8 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::time::Duration;
 
+use regent_shared::protocol::{Request, Response};
+use regent_shared::secret::Secret;
 use regent_tests::random_secret;
 use serde_json::json;
 
@@ -18,10 +20,22 @@ use crate::progress;
 use crate::report::Report;
 use crate::sources::SourcesBench;
 use crate::system::{agent_memory, is_stripped, loadavg};
-use crate::timing::{Subject, exact_peaks, round_robin, verify};
+use crate::timing::{LIST_ENTRIES, Subject, exact_peaks, round_robin, verify};
 
 /// The server URL of the credential an agent of regent-bench's own holds.
 const OWN_SERVER: &str = "bench.regent.test";
+
+/// The server the `store` kind stores (over and over: each run overwrites
+/// the credential, a real store). Stored once at setup too, so that it is
+/// one of the [`LIST_ENTRIES`] that `list-100` sees whatever the order.
+const STORE_SERVER: &str = "bench-store.regent.test";
+
+/// The server the `erase` kind erases; re-stored before each of its runs,
+/// outside the timed region.
+const ERASE_SERVER: &str = "bench-erase.regent.test";
+
+/// A server the agent never holds, for `get-missing`.
+const MISSING_SERVER: &str = "bench-missing.regent.test";
 
 /// The agent whose credential is timed beside the floor.
 enum Timed {
@@ -77,6 +91,92 @@ impl Timed {
         }
     }
 
+    /// The helper's other operations, timed beside `get`: `get-missing`,
+    /// `store`, `list-100` and `erase`. Only on an agent of regent-bench's
+    /// own (`None` with `--server`: they would write to the caller's agent).
+    ///
+    /// They must not disturb each other in the round-robin, whatever the
+    /// order of a round:
+    /// - `store` stores [`STORE_SERVER`] with the same made-up secret every
+    ///   run: each run overwrites it, the agent does the whole store;
+    /// - `erase` erases [`ERASE_SERVER`], which an untimed setup step (a
+    ///   `Store` over the protocol, see [`Subject::with_setup`]) puts back
+    ///   before each run, so that every timed erase removes a credential
+    ///   and the pair never shows up in the timings;
+    /// - `list-100` lists the agent's logins: [`OWN_SERVER`],
+    ///   [`STORE_SERVER`] and 98 fillers stored once here, 100 in all
+    ///   ([`ERASE_SERVER`] is only there between its setup and its erase);
+    /// - `get-missing` asks for [`MISSING_SERVER`], never stored: the
+    ///   helper prints Docker's "not found" message and exits 1, which is
+    ///   its success.
+    ///
+    /// Every secret is random and never printed.
+    fn operations(&self, helper: &Path, runs: usize) -> Result<Option<Vec<Subject>>, String> {
+        let Timed::Own(agent) = self else {
+            return Ok(None);
+        };
+        let fillers = LIST_ENTRIES - 2;
+        progress(&format!(
+            "storing {STORE_SERVER} and {fillers} more credentials over the protocol for `list` of {LIST_ENTRIES} (random secrets, never printed)"
+        ));
+        let mut servers = vec![STORE_SERVER.to_owned()];
+        servers.extend((0..fillers).map(|i| format!("bench-list-{i:02}.regent.test")));
+        for server in servers {
+            let req = Request::Store {
+                server_url: server.clone(),
+                username: "bench".into(),
+                secret: Secret::new(random_secret(48)),
+            };
+            match agent.call(&req)? {
+                Response::Done => {}
+                other => {
+                    return Err(format!(
+                        "store {server}: the agent answered {}",
+                        other.kind()
+                    ));
+                }
+            }
+        }
+
+        let store =
+            json!({"ServerURL": STORE_SERVER, "Username": "bench", "Secret": random_secret(48)});
+        let socket = agent.socket().to_path_buf();
+        let erase_secret = Secret::new(random_secret(48));
+        let restore = move || restore_erased(&socket, &erase_secret);
+        Ok(Some(vec![
+            Subject::new(
+                "get-missing",
+                format!("docker-credential-regent get of {MISSING_SERVER} (not stored: exits 1)"),
+                agent.proc(helper, &["get"]),
+                MISSING_SERVER.as_bytes(),
+                runs,
+            )
+            .expecting(1),
+            Subject::new(
+                "store",
+                format!("docker-credential-regent store of {STORE_SERVER} (overwrites)"),
+                agent.proc(helper, &["store"]),
+                store.to_string().as_bytes(),
+                runs,
+            ),
+            Subject::new(
+                "list-100",
+                format!("docker-credential-regent list, {LIST_ENTRIES} credentials stored"),
+                agent.proc(helper, &["list"]),
+                b"",
+                runs,
+            ),
+            Subject::new(
+                "erase",
+                format!("docker-credential-regent erase of {ERASE_SERVER} (re-stored untimed before each run)"),
+                agent.proc(helper, &["erase"]),
+                ERASE_SERVER.as_bytes(),
+                runs,
+            )
+            .with_setup(Box::new(restore)),
+        ]))
+    }
+
     /// The agent's pid, for its RSS: `given`, else ours, else asked in the
     /// `Hello` handshake on the caller's socket (never starts one).
     fn pid(&self, given: Option<u32>) -> Option<u32> {
@@ -89,6 +189,27 @@ impl Timed {
                     .map(|conn| conn.agent.pid)
             }
         })
+    }
+}
+
+/// Stores [`ERASE_SERVER`] again, over the protocol, for the next `erase`.
+fn restore_erased(socket: &Path, secret: &Secret) -> Result<(), String> {
+    let mut conn = regent_shared::client::connect(socket, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let req = Request::Store {
+        server_url: ERASE_SERVER.into(),
+        username: "bench".into(),
+        secret: secret.clone(),
+    };
+    match conn
+        .call(&req, Duration::from_secs(20))
+        .map_err(|e| e.to_string())?
+    {
+        Response::Done => Ok(()),
+        other => Err(format!(
+            "store {ERASE_SERVER}: the agent answered {}",
+            other.kind()
+        )),
     }
 }
 
@@ -154,8 +275,20 @@ pub fn run(args: &Args) -> Result<(), String> {
             args.floor_static.display()
         ));
     }
+    let mut operations_note = None;
+    match timed.operations(&args.helper, args.runs)? {
+        Some(kinds) => subjects.extend(kinds),
+        None => {
+            let note = "get-missing, store, list-100 and erase skipped with --server: \
+                 store and erase would write to the caller's agent, and list-100 and \
+                 get-missing need the credentials regent-bench sets up in its own"
+                .to_owned();
+            progress(&note);
+            operations_note = Some(note);
+        }
+    }
     let agent_pid = timed.pid(args.agent_pid);
-    verify(server, &subjects)?;
+    verify(server, &mut subjects)?;
 
     // The ECR agent: its cached-token `get` joins the round-robin.
     let mut ecr = None;
@@ -231,6 +364,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         load_before,
         load_after,
         rss_note,
+        operations_note,
         ecr,
         ecr_note,
         sources,
