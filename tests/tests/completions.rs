@@ -215,6 +215,12 @@ fn man_writes_a_page_for_every_command_and_each_renders() {
         }
         expected.push((format!("regent-{name}"), about));
     }
+    // And the helper's, which it has no way to write itself.
+    expected.push((
+        "docker-credential-regent".to_owned(),
+        "the credential helper of regent for docker, podman, buildah, skopeo and docker-py"
+            .to_owned(),
+    ));
     let names: BTreeSet<String> = expected.iter().map(|(n, _)| format!("{n}.1")).collect();
     for page in [
         "regent-ls.1",
