@@ -69,17 +69,24 @@ pub fn verify(server: &str, subjects: &mut [Subject]) -> Result<(), String> {
     Ok(())
 }
 
+/// "`what` exited with STATUS; stdout: ...; stderr: ...", both streams
+/// shortened: only for an answer that holds no secret (a failure's one
+/// error line, a `list`'s usernames).
+fn exited(what: &str, out: &std::process::Output) -> String {
+    format!(
+        "`{what}` exited with {}; stdout: {:?}; stderr: {:?}",
+        out.status,
+        shorten(&out.stdout),
+        shorten(&out.stderr),
+    )
+}
+
 /// What is wrong with a helper `get`'s answer, if anything. Prints no secret.
 pub fn check_helper_answer(out: &std::process::Output) -> Option<String> {
     if !out.status.success() {
         // A failing helper prints one error line on stdout and never a
         // secret; show both streams, shortened.
-        return Some(format!(
-            "`get` exited with {}; stdout: {:?}; stderr: {:?}",
-            out.status,
-            shorten(&out.stdout),
-            shorten(&out.stderr),
-        ));
+        return Some(exited("get", out));
     }
     // Success: stdout holds the secret. Look at it, never print it.
     let answer: Value = match serde_json::from_slice(&out.stdout) {
@@ -116,12 +123,7 @@ fn check_missing_answer(out: &std::process::Output) -> Option<String> {
 /// `entries` server URLs. Holds no secret (usernames only), printed shortened.
 fn check_list_answer(out: &std::process::Output, entries: usize) -> Option<String> {
     if !out.status.success() {
-        return Some(format!(
-            "`list` exited with {}; stdout: {:?}; stderr: {:?}",
-            out.status,
-            shorten(&out.stdout),
-            shorten(&out.stderr),
-        ));
+        return Some(exited("list", out));
     }
     match serde_json::from_slice::<serde_json::Map<String, Value>>(&out.stdout) {
         Ok(m) if m.len() == entries => None,
