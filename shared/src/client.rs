@@ -37,7 +37,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::paths::{self, DirError, DirState};
-use crate::protocol::{FrameError, PROTOCOL_VERSION, Request, Response, encode_frame, read_frame};
+use crate::protocol::{
+    FrameError, FrameReader, PROTOCOL_VERSION, Request, Response, encode_frame, read_frame,
+};
 use zeroize::Zeroizing;
 
 #[cfg(unix)]
@@ -410,7 +412,7 @@ fn handshake(socket: &Path, timeout: Duration) -> Result<Connection, ClientError
     };
     let frame = encode_frame(&hello("cli")).map_err(fail)?;
     io::Write::write_all(&mut stream, &frame).map_err(|e| fail(e.into()))?;
-    let agent = read_hello(&mut stream).map_err(fail)?;
+    let agent = read_hello(&mut FrameReader::new(), &mut stream).map_err(fail)?;
     Ok(Connection {
         stream,
         socket: socket.to_path_buf(),
@@ -619,13 +621,18 @@ fn exchange(
     set_timeout(stream, hello_wait);
     io::Write::write_all(stream, &out)?;
     drop(out);
-    let agent = read_hello(stream)?;
-    set_timeout(stream, reply_wait);
-    Ok((agent, read_frame(stream)?))
+    let mut frames = FrameReader::new();
+    let agent = read_hello(&mut frames, stream)?;
+    // The agent writes both answers at once, so the reply is usually read
+    // already. If not, only the read waits from here on: all is written.
+    if !frames.holds_a_frame() {
+        set_read_timeout(stream, reply_wait);
+    }
+    Ok((agent, frames.read(stream)?))
 }
 
-fn read_hello(stream: &mut Stream) -> Result<AgentInfo, FrameError> {
-    match read_frame(stream)? {
+fn read_hello(frames: &mut FrameReader, stream: &mut Stream) -> Result<AgentInfo, FrameError> {
+    match frames.read(stream)? {
         Response::Hello {
             proto,
             min_proto,
@@ -666,13 +673,20 @@ fn open_stream(socket: &Path) -> io::Result<Stream> {
 
 #[cfg(unix)]
 fn set_timeout(stream: &Stream, timeout: Duration) {
-    let t = Some(timeout.max(Duration::from_millis(1)));
-    let _ = stream.set_read_timeout(t);
-    let _ = stream.set_write_timeout(t);
+    set_read_timeout(stream, timeout);
+    let _ = stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))));
+}
+
+#[cfg(unix)]
+fn set_read_timeout(stream: &Stream, timeout: Duration) {
+    let _ = stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))));
 }
 
 #[cfg(windows)]
 fn set_timeout(_stream: &Stream, _timeout: Duration) {}
+
+#[cfg(windows)]
+fn set_read_timeout(_stream: &Stream, _timeout: Duration) {}
 
 /// The start lock: one client at a time decides whether to spawn an agent
 /// for a store.

@@ -158,10 +158,13 @@ pub fn log_file() -> PathBuf {
     state_dir().join("agent.log")
 }
 
+/// The real user id, asked of the kernel once per process (regent never
+/// changes it).
 #[cfg(unix)]
 pub fn current_uid() -> u32 {
+    static UID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
+    *UID.get_or_init(|| unsafe { libc::getuid() })
 }
 
 /// The fix for a socket directory that cannot be used.
@@ -284,8 +287,16 @@ pub fn ensure_private_dir(dir: &Path) -> Result<DirState, DirError> {
 fn check_dir(dir: &Path, own: bool) -> Result<DirState, DirError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-    create_private_dir(dir).map_err(|e| DirError::Io(dir.to_path_buf(), e))?;
-    let meta = fs::symlink_metadata(dir).map_err(|e| DirError::Io(dir.to_path_buf(), e))?;
+    let io_error = |e| DirError::Io(dir.to_path_buf(), e);
+    // One lstat when the directory is there (every lookup); mkdir only when
+    // it is not, then the same checks on what was made.
+    let meta = match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            create_private_dir(dir).map_err(io_error)?;
+            fs::symlink_metadata(dir).map_err(io_error)?
+        }
+        r => r.map_err(io_error)?,
+    };
     if meta.file_type().is_symlink() {
         return Err(DirError::Symlink(dir.to_path_buf()));
     }
@@ -310,8 +321,7 @@ fn check_dir(dir: &Path, own: bool) -> Result<DirState, DirError> {
             mode,
         });
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .map_err(|e| DirError::Io(dir.to_path_buf(), e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_error)?;
     Ok(DirState::Tightened(mode))
 }
 

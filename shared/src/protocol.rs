@@ -590,6 +590,80 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(r: &mut R) -> Result<T, FrameErr
     decode_body(&body)
 }
 
+/// Reads frames from one stream through a buffer that is zeroed when it is
+/// dropped or outgrown. The agent answers a `Hello` and the request behind
+/// it in one write, so both answers usually come in one read, not four.
+/// Bytes read past the last frame asked for are dropped with the reader:
+/// use one only where nothing follows the answers it is asked to read.
+pub struct FrameReader {
+    buf: Zeroizing<Vec<u8>>,
+    start: usize,
+    end: usize,
+}
+
+impl FrameReader {
+    pub fn new() -> Self {
+        FrameReader {
+            buf: Zeroizing::new(vec![0; 1024]),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The next frame, as [`read_frame`] reads it.
+    pub fn read<R: Read, T: DeserializeOwned>(&mut self, r: &mut R) -> Result<T, FrameError> {
+        self.fill(r, 4)?;
+        let header = self.buf[self.start..self.start + 4]
+            .try_into()
+            .expect("4 bytes");
+        let len = frame_len(header)?;
+        self.fill(r, 4 + len)?;
+        let body = self.start + 4..self.start + 4 + len;
+        self.start = body.end;
+        decode_body(&self.buf[body])
+    }
+
+    /// Whether a whole frame (or a header that will not do) is buffered:
+    /// the next [`FrameReader::read`] reads nothing from the stream.
+    pub fn holds_a_frame(&self) -> bool {
+        let held = &self.buf[self.start..self.end];
+        match held.first_chunk::<4>().map(|h| frame_len(*h)) {
+            Some(Ok(len)) => held.len() >= 4 + len,
+            Some(Err(_)) => true,
+            None => false,
+        }
+    }
+
+    /// Reads until `need` bytes from `start` are buffered.
+    fn fill<R: Read>(&mut self, r: &mut R, need: usize) -> Result<(), FrameError> {
+        if self.start + need > self.buf.len() {
+            // Move what is left to the front of a buffer that holds the
+            // frame; the old one is zeroed as it is dropped.
+            let mut bigger = Zeroizing::new(vec![0; need.max(self.buf.len())]);
+            bigger[..self.end - self.start].copy_from_slice(&self.buf[self.start..self.end]);
+            self.end -= self.start;
+            self.start = 0;
+            self.buf = bigger;
+        }
+        while self.end - self.start < need {
+            match r.read(&mut self.buf[self.end..]) {
+                Ok(0) if self.end == self.start => return Err(FrameError::Closed),
+                Ok(0) => return Err(FrameError::Truncated),
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,6 +824,88 @@ mod tests {
         bytes.extend_from_slice(b"{\"ty");
         let err = expect_err(read_frame::<_, Request>(&mut Cursor::new(bytes)));
         assert!(matches!(err, FrameError::Truncated));
+    }
+
+    /// Hands out at most `step` bytes a read, counting the reads.
+    struct Trickle {
+        bytes: Cursor<Vec<u8>>,
+        step: usize,
+        reads: usize,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.reads += 1;
+            let n = buf.len().min(self.step);
+            self.bytes.read(&mut buf[..n])
+        }
+    }
+
+    fn erase(server_url: &str) -> Request {
+        Request::Erase {
+            server_url: server_url.into(),
+        }
+    }
+
+    fn server_of(req: Request) -> String {
+        match req {
+            Request::Erase { server_url } => server_url,
+            other => panic!("expected an erase, got {}", other.kind()),
+        }
+    }
+
+    #[test]
+    fn frame_reader_reads_two_frames_from_one_read_and_big_ones_across_many() {
+        let big = "b".repeat(10_000);
+        let mut bytes = Vec::new();
+        for url in ["one", "two", big.as_str()] {
+            bytes.extend_from_slice(&encode_frame(&erase(url)).unwrap());
+        }
+        let mut whole = Trickle {
+            bytes: Cursor::new(bytes.clone()),
+            step: usize::MAX,
+            reads: 0,
+        };
+        let mut frames = FrameReader::new();
+        assert!(!frames.holds_a_frame());
+        assert_eq!(server_of(frames.read(&mut whole).unwrap()), "one");
+        assert!(frames.holds_a_frame());
+        assert_eq!(server_of(frames.read(&mut whole).unwrap()), "two");
+        assert_eq!(whole.reads, 1, "both small frames came from the first read");
+        assert!(!frames.holds_a_frame(), "the big one is only begun");
+        assert_eq!(server_of(frames.read(&mut whole).unwrap()), big);
+        assert!(matches!(
+            expect_err(frames.read::<_, Request>(&mut whole)),
+            FrameError::Closed
+        ));
+
+        let mut slow = Trickle {
+            bytes: Cursor::new(bytes),
+            step: 3,
+            reads: 0,
+        };
+        let mut frames = FrameReader::new();
+        for want in ["one", "two", big.as_str()] {
+            assert_eq!(server_of(frames.read(&mut slow).unwrap()), want);
+        }
+    }
+
+    #[test]
+    fn frame_reader_tells_truncation_from_a_clean_close() {
+        let frame = encode_frame(&erase("one")).unwrap();
+        for cut in [2, 4, frame.len() - 1] {
+            let mut r = Cursor::new(frame[..cut].to_vec());
+            let err = expect_err(FrameReader::new().read::<_, Request>(&mut r));
+            assert!(
+                matches!(err, FrameError::Truncated),
+                "cut at {cut}: {err:?}"
+            );
+        }
+        let mut r = Cursor::new(vec![0, 0, 0, 0]);
+        assert!(matches!(
+            expect_err(FrameReader::new().read::<_, Request>(&mut r)),
+            FrameError::Empty
+        ));
     }
 
     #[test]
