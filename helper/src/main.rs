@@ -10,7 +10,7 @@
 //! timeout of their own.
 
 use std::env;
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -229,20 +229,13 @@ fn read_server_url() -> Result<String, Failure> {
 /// Reads stdin to its end, refusing more than [`MAX_STDIN`] bytes and, unless
 /// a person is typing at a terminal, a stdin that stays open too long.
 ///
-/// It waits with `poll(2)` on the descriptor rather than on a reader thread:
-/// this runs on every `docker pull`, and a thread costs more than the rest of
-/// the lookup.
+/// On unix it waits with `poll(2)` on the descriptor rather than on a reader
+/// thread: this runs on every `docker pull`, and a thread costs more than
+/// the rest of the lookup ([`regent_shared::sys::Stdin`]).
 fn read_stdin() -> Result<zeroize::Zeroizing<Vec<u8>>, Failure> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-
     let interactive = io::stdin().is_terminal();
     let deadline = Instant::now() + STDIN_TIMEOUT;
-    let stdin = io::stdin();
-    let fd = stdin.as_raw_fd();
-    // Unbuffered reads of fd 0 (std's StdinLock would buffer behind poll's
-    // back). ManuallyDrop: the descriptor is not ours to close.
-    // SAFETY: fd 0 stays open for the life of the process.
-    let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let mut stdin = regent_shared::sys::Stdin::new();
     let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(16 * 1024));
     let mut chunk = zeroize::Zeroizing::new([0u8; 16 * 1024]);
     let timed_out = || {
@@ -257,26 +250,14 @@ fn read_stdin() -> Result<zeroize::Zeroizing<Vec<u8>>, Failure> {
             if left.is_zero() {
                 return Err(timed_out());
             }
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-            // SAFETY: one valid pollfd, count 1.
-            let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if ready == 0 {
-                return Err(timed_out());
-            }
-            if ready < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(Failure::line(format!("cannot read stdin: {e}")));
+            match stdin.wait(left) {
+                Ok(true) => {}
+                Ok(false) => return Err(timed_out()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Failure::line(format!("cannot read stdin: {e}"))),
             }
         }
-        match file.read(&mut chunk[..]) {
+        match stdin.read(&mut chunk[..]) {
             Ok(0) => return Ok(buf),
             Ok(n) => {
                 if buf.len() + n > MAX_STDIN {
@@ -296,8 +277,6 @@ fn read_stdin() -> Result<zeroize::Zeroizing<Vec<u8>>, Failure> {
                 buf.extend_from_slice(&chunk[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            // No stdin at all (closed descriptor): nothing was sent.
-            Err(e) if e.raw_os_error() == Some(libc::EBADF) => return Ok(buf),
             Err(e) => return Err(Failure::line(format!("cannot read stdin: {e}"))),
         }
     }

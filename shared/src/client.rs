@@ -42,10 +42,7 @@ use crate::protocol::{
 };
 use zeroize::Zeroizing;
 
-#[cfg(unix)]
-type Stream = std::os::unix::net::UnixStream;
-#[cfg(windows)]
-type Stream = std::fs::File;
+use crate::sys::{self, Stream};
 
 /// The line a freshly spawned agent prints on stdout once it is listening.
 pub const READY_LINE: &str = "ready";
@@ -661,32 +658,18 @@ fn wait_gone(socket: &Path, deadline: Instant) {
     }
 }
 
-#[cfg(unix)]
 fn open_stream(socket: &Path) -> io::Result<Stream> {
     Stream::connect(socket)
 }
 
-#[cfg(windows)]
-fn open_stream(socket: &Path) -> io::Result<Stream> {
-    OpenOptions::new().read(true).write(true).open(socket)
-}
-
-#[cfg(unix)]
 fn set_timeout(stream: &Stream, timeout: Duration) {
     set_read_timeout(stream, timeout);
     let _ = stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))));
 }
 
-#[cfg(unix)]
 fn set_read_timeout(stream: &Stream, timeout: Duration) {
     let _ = stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))));
 }
-
-#[cfg(windows)]
-fn set_timeout(_stream: &Stream, _timeout: Duration) {}
-
-#[cfg(windows)]
-fn set_read_timeout(_stream: &Stream, _timeout: Duration) {}
 
 /// The start lock: one client at a time decides whether to spawn an agent
 /// for a store.
@@ -738,13 +721,9 @@ pub fn spawn_agent(exe: &Path, socket: &Path, deadline: Instant) -> Result<(), C
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        // Out of the caller's process group: a Ctrl-C meant for `docker pull`
-        // must not take the agent down.
-        cmd.process_group(0);
-    }
+    // Out of the caller's process group: a Ctrl-C meant for `docker pull`
+    // must not take the agent down.
+    sys::detach(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| ClientError::Start(format!("cannot run {}: {e}", exe.display())))?;

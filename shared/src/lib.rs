@@ -9,6 +9,7 @@ pub mod paths;
 pub mod protocol;
 pub mod registry;
 pub mod secret;
+pub mod sys;
 
 pub use secret::Secret;
 
