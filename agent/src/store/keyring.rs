@@ -288,6 +288,7 @@ impl CoreEntries {
         }
     }
 
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(super) fn service(&self) -> &str {
         &self.service
     }
