@@ -210,20 +210,7 @@ fn served_by_us(pipe: &File) -> io::Result<()> {
     if unsafe { GetNamedPipeServerProcessId(pipe.as_raw_handle(), &mut pid) } == 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: no preconditions; a null result is an error.
-    let server = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
-    if server.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh handle that nothing else owns.
-    let server = unsafe { OwnedHandle::from_raw_handle(server) };
-    let theirs = process_user(server.as_raw_handle())?;
-    // SAFETY: the pseudo-handle of this process needs no closing.
-    let ours = process_user(unsafe { GetCurrentProcess() })?;
-    // SAFETY: both point at the SIDs inside the TOKEN_USER buffers, which
-    // live until the end of this function.
-    let same = unsafe { EqualSid(sid_of(&theirs), sid_of(&ours)) } != 0;
-    if same {
+    if runs_as_us(pid)? {
         Ok(())
     } else {
         Err(io::Error::new(
@@ -231,6 +218,25 @@ fn served_by_us(pipe: &File) -> io::Result<()> {
             format!("the pipe is served by process {pid}, which runs as another user"),
         ))
     }
+}
+
+/// Whether process `pid` runs as the same user as this one: the user SIDs
+/// of the two processes' tokens are equal. (The agent asks it of the
+/// clients of its pipe.)
+pub fn runs_as_us(pid: u32) -> io::Result<bool> {
+    // SAFETY: no preconditions; a null result is an error.
+    let other = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    if other.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh handle that nothing else owns.
+    let other = unsafe { OwnedHandle::from_raw_handle(other) };
+    let theirs = process_user(other.as_raw_handle())?;
+    // SAFETY: the pseudo-handle of this process needs no closing.
+    let ours = process_user(unsafe { GetCurrentProcess() })?;
+    // SAFETY: both point at the SIDs inside the TOKEN_USER buffers, which
+    // live until the end of this function.
+    Ok(unsafe { EqualSid(sid_of(&theirs), sid_of(&ours)) } != 0)
 }
 
 /// The TOKEN_USER of a process's token, in a buffer aligned for it.
