@@ -21,3 +21,4 @@ pub mod refresh;
 pub mod registry_auth;
 pub mod sources;
 pub mod store;
+pub mod sys;
