@@ -1,6 +1,10 @@
 //! The listening socket: handed over by systemd, or bound here after a stale
 //! socket of ours is removed; and the watch that stops the agent once the
 //! socket it bound is gone.
+//!
+//! Unix only: on Windows the agent listens on its named pipe
+//! (`sys::Listener::bind`), which no file names, so there is nothing stale
+//! to remove and nothing to watch, and no socket activation.
 
 use std::fs;
 use std::io;
@@ -13,9 +17,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use regent_shared::paths;
-use tokio::net::UnixListener;
 
 use super::state::AgentState;
+use crate::sys::Listener;
 
 /// Which file a path names: the socket we bound, or something else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,16 +53,13 @@ impl SocketId {
 pub fn listen(
     socket: &Path,
     handed: Option<(OwnedFd, Option<SocketId>)>,
-) -> anyhow::Result<(UnixListener, Option<SocketId>)> {
+) -> anyhow::Result<(Listener, Option<SocketId>)> {
     if let Some((fd, id)) = handed {
-        let listener = StdUnixListener::from(fd);
-        listener.set_nonblocking(true)?;
-        return Ok((UnixListener::from_std(listener)?, id));
+        return Ok((Listener::from_std(StdUnixListener::from(fd))?, id));
     }
     let mut fds = listenfd::ListenFd::from_env();
     if let Ok(Some(listener)) = fds.take_unix_listener(0) {
-        listener.set_nonblocking(true)?;
-        return Ok((UnixListener::from_std(listener)?, None));
+        return Ok((Listener::from_std(listener)?, None));
     }
     if fs::symlink_metadata(socket).is_ok() {
         // Only a socket of ours may be removed; anything else stays.
@@ -82,8 +83,7 @@ pub fn listen(
     fs::set_permissions(socket, fs::Permissions::from_mode(0o600))?;
     let id = SocketId::of(socket)
         .with_context(|| format!("the socket {} vanished once bound", socket.display()))?;
-    listener.set_nonblocking(true)?;
-    Ok((UnixListener::from_std(listener)?, Some(id)))
+    Ok((Listener::from_std(listener)?, Some(id)))
 }
 
 /// Stops the agent once the socket it bound is removed or replaced (as when

@@ -4,12 +4,13 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use regent_shared::paths;
+
+use crate::sys;
 
 pub enum Lock {
     Acquired(StoreLock),
@@ -34,14 +35,15 @@ impl StoreLock {
         paths::create_private_dir(data_dir)
             .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
         let path = paths::store_lock_path(data_dir);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot open the store lock {}", path.display()))?;
+        let mut file = sys::private_file(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+        )
+        .open(&path)
+        .with_context(|| format!("cannot open the store lock {}", path.display()))?;
         // A client probing the lock holds it shared for an instant: retry
         // briefly before concluding that an agent holds it.
         let deadline = Instant::now() + Duration::from_secs(1);
@@ -88,6 +90,7 @@ impl StoreLock {
     }
 
     /// The open lock file, for a handover.
+    #[cfg(unix)]
     pub fn file(&self) -> &File {
         &self.file
     }

@@ -1,16 +1,15 @@
 //! Where the agent logs: stderr when attached to a terminal or a supervisor,
 //! else the log file (rotated once past 4 MiB), with stderr sent to
-//! /dev/null.
+//! the null device.
 
 use std::fs::{self, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
 use regent_shared::paths;
 
-use super::process::redirect_to_null;
+use crate::sys::{self, StdStream};
 
 /// Logs to stderr when attached, else to the log file (returned).
 pub fn init(to_stderr: bool, level: &str) -> anyhow::Result<Option<PathBuf>> {
@@ -27,9 +26,7 @@ pub fn init(to_stderr: bool, level: &str) -> anyhow::Result<Option<PathBuf>> {
     }
     let path = paths::log_file();
     if let Some(dir) = path.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
+        sys::private_dir(fs::DirBuilder::new().recursive(true))
             .create(dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -39,13 +36,10 @@ pub fn init(to_stderr: bool, level: &str) -> anyhow::Result<Option<PathBuf>> {
     {
         let _ = fs::rename(&path, path.with_extension("log.old"));
     }
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
+    let file = sys::private_file(OpenOptions::new().create(true).append(true))
         .open(&path)
         .with_context(|| format!("cannot open the log file {}", path.display()))?;
     builder.with_writer(std::sync::Mutex::new(file)).init();
-    redirect_to_null(2);
+    sys::redirect_to_null(StdStream::Err);
     Ok(Some(path))
 }

@@ -28,15 +28,21 @@
 //!    locked); then remove the socket if it is still ours. SIGHUP re-reads
 //!    the config's token sources (as `regent reload` does).
 //! 10. Follow the program: once the `regent` file it was started from is
-//!     replaced, hand over to the new program in place ([`upgrade`]), which
+//!     replaced, hand over to the new program in place (`upgrade`), which
 //!     adopts the socket, the store lock and the store instead of steps 3,
 //!     5 and 8.
 //!
-//! Where each step is: 1 and 3 in `process` (`harden`, `detach`), 2
+//! Where each step is: 1 and 3 in `sys` (`harden`, `detach`), 2
 //! `store_choice`, 4 `checked_socket`, 5 `lock_store` over `lock`, 6
 //! `open_store`, 7 `listen`, 8 `process::announce_ready`, 9 [`server`]
 //! with `signals`; the agent's shared state is [`state::AgentState`], its
 //! log set up by `logging`.
+//!
+//! On Windows the agent listens on its named pipe (`sys::Listener::bind`,
+//! step 7: no socket file, so nothing stale to remove or to watch in step
+//! 9, and no socket activation), stops on the console's events rather than
+//! signals, and does not follow its program (step 10 is unix only: there is
+//! no `exec` to hand over with): an upgrade takes effect at the next start.
 
 use std::io::{self, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -55,7 +61,11 @@ use crate::refresh::{Engine, Policy};
 use crate::sources;
 use crate::store::index::Index;
 use crate::store::select::{self, Choice, StoreContext};
+use crate::sys;
 
+/// The listening socket, unix only: on Windows `sys::Listener::bind`
+/// creates the named pipe.
+#[cfg(unix)]
 mod listen;
 mod lock;
 mod logging;
@@ -63,6 +73,10 @@ mod process;
 pub mod server;
 mod signals;
 pub mod state;
+/// Following the program, unix only: on Windows the agent does not follow
+/// its program (no `exec` to hand over with), and an upgrade takes effect
+/// at the next start.
+#[cfg(unix)]
 mod upgrade;
 
 use lock::{Lock, StoreLock};
@@ -102,36 +116,26 @@ pub fn run(foreground: bool) -> ExitCode {
 /// same agent going on in this program with what the one it replaced
 /// handed over (`upgrade`).
 fn start(spawned: bool) -> anyhow::Result<ExitCode> {
-    process::harden();
+    sys::harden();
     let settings = Settings::load()?;
-    let handover = upgrade::take().context("cannot take over from the agent's previous program")?;
+    let handover = take_over()?;
     let store = handover
         .as_ref()
         .map_or(settings.store.as_str(), |h| h.store.as_str());
     let choice = store_choice(store, &settings)?;
     if spawned && handover.is_none() {
-        process::detach();
+        sys::detach();
     }
     let socket = checked_socket()?;
     let data_dir = paths::data_dir();
     let (store_lock, handed, records, from) = match handover {
-        Some(h) => {
-            let upgrade::Handover {
-                listener,
-                lock,
-                socket_id,
-                store_reason,
-                started_unix,
-                from_version,
-                records,
-                ..
-            } = h;
-            let handed = Handed {
-                listener,
-                socket_id,
-                store_reason,
-                started_unix,
-            };
+        Some(TakenOver {
+            lock,
+            handed,
+            records,
+            from_version,
+            ..
+        }) => {
             let lock = StoreLock::adopt(lock, &data_dir)?;
             (lock, Some(handed), Some(records), Some(from_version))
         }
@@ -178,6 +182,40 @@ fn start(spawned: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What the program an upgrade replaced handed over (`upgrade`).
+struct TakenOver {
+    store: String,
+    lock: std::fs::File,
+    handed: Handed,
+    records: Vec<(String, regent_shared::Secret)>,
+    from_version: String,
+}
+
+/// The handover of the program this one replaced, if it was started by
+/// one.
+#[cfg(unix)]
+fn take_over() -> anyhow::Result<Option<TakenOver>> {
+    let taken = upgrade::take().context("cannot take over from the agent's previous program")?;
+    Ok(taken.map(|h| TakenOver {
+        store: h.store,
+        lock: h.lock,
+        handed: Handed {
+            listener: h.listener,
+            socket_id: h.socket_id,
+            store_reason: h.store_reason,
+            started_unix: h.started_unix,
+        },
+        records: h.records,
+        from_version: h.from_version,
+    }))
+}
+
+/// None: on Windows the agent does not follow its program.
+#[cfg(not(unix))]
+fn take_over() -> anyhow::Result<Option<TakenOver>> {
+    Ok(None)
+}
+
 /// The store `store` names (the config's, or the one an upgraded agent
 /// served); the kernel keyring's session keyring is made here, before any
 /// thread exists.
@@ -222,7 +260,7 @@ fn lock_store(data_dir: &Path, socket: &Path, spawned: bool) -> anyhow::Result<O
         // once it listens.
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            if regent_shared::sys::Stream::connect(socket).is_ok() {
                 println!("{READY_LINE} {pid}");
                 return Ok(None);
             }
@@ -278,7 +316,9 @@ struct Opened {
 
 /// What an upgrade handed over beyond the lock and the store.
 struct Handed {
+    #[cfg(unix)]
     listener: std::os::fd::OwnedFd,
+    #[cfg(unix)]
     socket_id: Option<listen::SocketId>,
     store_reason: String,
     started_unix: i64,
@@ -296,12 +336,15 @@ async fn serve(opened: Opened, socket: PathBuf, spawned: bool) -> anyhow::Result
         handed,
     } = opened;
     let started_unix = handed.as_ref().map_or_else(now_unix, |h| h.started_unix);
-    let (listener, bound) = listen::listen(&socket, handed.map(|h| (h.listener, h.socket_id)))?;
+    #[cfg(unix)]
+    let (mut listener, bound) = listen::listen(&socket, handed.map(|h| (h.listener, h.socket_id)))?;
+    #[cfg(not(unix))]
+    let (mut listener, bound) = (sys::Listener::bind(&socket)?, Some(()));
     let activated = bound.is_none();
     // Where clients of other sessions find us: the path systemd bound, when
     // it handed the socket over.
-    let socket = match listener.local_addr() {
-        Ok(addr) if activated => addr.as_pathname().map_or(socket, Path::to_path_buf),
+    let socket = match listener.path() {
+        Some(path) if activated => path,
         _ => socket,
     };
     if activated && let Err(e) = store_lock.advertise(&socket) {
@@ -316,45 +359,61 @@ async fn serve(opened: Opened, socket: PathBuf, spawned: bool) -> anyhow::Result
         started_unix,
     );
     signals::watch(state.clone())?;
-    if let Some(id) = bound {
-        listen::watch_socket(state.clone(), socket.clone(), id);
-    }
-    if let Some(binary) = upgrade::Binary::running() {
-        upgrade::watch(state.clone(), binary);
+    #[cfg(unix)]
+    {
+        if let Some(id) = bound {
+            listen::watch_socket(state.clone(), socket.clone(), id);
+        }
+        if let Some(binary) = upgrade::Binary::running() {
+            upgrade::watch(state.clone(), binary);
+        }
     }
     process::announce_ready(spawned);
     tracing::info!(socket = %socket.display(), activated, "listening");
-    loop {
-        server::serve(&listener, state.clone()).await;
-        let Some(program) = state.upgrading() else {
-            break;
-        };
-        use std::os::fd::AsRawFd;
-        let err = upgrade::exec(
-            &program,
-            upgrade::Outgoing {
-                listener: listener.as_raw_fd(),
-                lock: store_lock.file(),
-                socket_id: bound,
-                store: state.credentials.kind().name().to_owned(),
-                store_reason: state.store_reason.clone(),
-                started_unix: state.started_unix,
-                records: state.credentials.memory_records(),
-            },
-        );
-        tracing::error!(
-            "cannot hand over to {} ({err:#}); serving on as version {}",
-            program.display(),
-            env!("CARGO_PKG_VERSION")
-        );
-        state.upgrade_failed();
+    server::serve(&mut listener, state.clone()).await;
+    #[cfg(unix)]
+    while let Some(program) = state.upgrading() {
+        hand_over(&program, &listener, &store_lock, bound, &state);
+        server::serve(&mut listener, state.clone()).await;
     }
+    #[cfg(unix)]
     if let Some(id) = bound {
         listen::remove_if_ours(&socket, id);
     }
     drop(store_lock);
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Executes `program` with what it needs to go on serving (`upgrade`);
+/// returns only when that failed, to serve on as this version.
+#[cfg(unix)]
+fn hand_over(
+    program: &Path,
+    listener: &sys::Listener,
+    store_lock: &StoreLock,
+    bound: Option<listen::SocketId>,
+    state: &AgentState,
+) {
+    use std::os::fd::AsRawFd;
+    let err = upgrade::exec(
+        program,
+        upgrade::Outgoing {
+            listener: listener.as_raw_fd(),
+            lock: store_lock.file(),
+            socket_id: bound,
+            store: state.credentials.kind().name().to_owned(),
+            store_reason: state.store_reason.clone(),
+            started_unix: state.started_unix,
+            records: state.credentials.memory_records(),
+        },
+    );
+    tracing::error!(
+        "cannot hand over to {} ({err:#}); serving on as version {}",
+        program.display(),
+        env!("CARGO_PKG_VERSION")
+    );
+    state.upgrade_failed();
 }
 
 fn agent_state(
@@ -391,7 +450,6 @@ fn agent_state(
                 u64::try_from(now_unix() - started_unix).unwrap_or(0),
             ))
             .unwrap_or_else(Instant::now),
-        uid: paths::current_uid(),
         shutdown,
         upgrade: std::sync::Mutex::new(None),
     })

@@ -1,45 +1,12 @@
-//! The agent as a process: hardening, leaving the caller's session, keeping
-//! secret pages out of swap, and saying "ready" to whoever started it.
+//! The agent as a process: keeping secret pages out of swap, and saying
+//! "ready" to whoever started it. Hardening and leaving the caller's
+//! session are the platform's (`sys::harden`, `sys::detach`).
 
-use std::fs::OpenOptions;
 use std::io::{self, Write};
 
 use regent_shared::client::READY_LINE;
 
-/// No core dumps, and no ptrace or /proc/<pid>/mem access by other processes
-/// of the same user.
-pub fn harden() {
-    // SAFETY: plain syscalls with valid arguments; failures are reported.
-    unsafe {
-        let none = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::setrlimit(libc::RLIMIT_CORE, &none) != 0 {
-            eprintln!(
-                "regent: cannot disable core dumps: {}",
-                io::Error::last_os_error()
-            );
-        }
-        #[cfg(target_os = "linux")]
-        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
-            eprintln!(
-                "regent: cannot make the agent non-dumpable: {}",
-                io::Error::last_os_error()
-            );
-        }
-    }
-}
-
-/// A session of our own: no controlling terminal, no signals meant for the
-/// program that started us.
-pub fn detach() {
-    // SAFETY: setsid has no preconditions; failure (already a group leader)
-    // is harmless.
-    unsafe {
-        libc::setsid();
-    }
-}
+use crate::sys::{self, StdStream};
 
 /// Keeps the agent's pages out of swap, where secrets would outlive it:
 /// `mlockall` of current and future pages, locked as they are touched. Only
@@ -93,17 +60,6 @@ pub fn announce_ready(spawned: bool) {
         let _ = writeln!(out, "{READY_LINE} {}", std::process::id());
         let _ = out.flush();
         drop(out);
-        redirect_to_null(1);
-    }
-}
-
-/// Points `fd` at /dev/null.
-pub fn redirect_to_null(fd: i32) {
-    if let Ok(null) = OpenOptions::new().write(true).open("/dev/null") {
-        use std::os::fd::AsRawFd;
-        // SAFETY: both descriptors are valid; dup2 replaces `fd` atomically.
-        unsafe {
-            libc::dup2(null.as_raw_fd(), fd);
-        }
+        sys::redirect_to_null(StdStream::Out);
     }
 }

@@ -27,7 +27,6 @@ pub struct AgentState {
     pub log: Option<String>,
     pub started_unix: i64,
     pub started: Instant,
-    pub uid: u32,
     /// Flipped to `true` to stop the agent.
     pub shutdown: watch::Sender<bool>,
     /// The program to hand over to once the server stops accepting

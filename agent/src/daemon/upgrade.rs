@@ -13,7 +13,8 @@
 //! - **Quiescing.** The agent stops accepting connections but keeps the
 //!   socket open, so a client that connects now waits in the listen queue
 //!   for the new program rather than failing; sessions in progress get up
-//!   to [`DRAIN_TIMEOUT`] to finish (a store is answered only once written).
+//!   to [`DRAIN_TIMEOUT`](super::server::DRAIN_TIMEOUT) to finish (a store
+//!   is answered only once written).
 //! - **Handing over.** The agent `exec`s the new program with the same pid,
 //!   argv and environment, plus `REGENT_HANDOVER_FD`: an anonymous file
 //!   (`memfd`, never on disk) holding one line of JSON (the listening
@@ -59,8 +60,6 @@ const HANDOVER_VERSION: u32 = 1;
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How long `<new> --version` may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long sessions in progress may take to finish before the exec.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds what is read from the handover descriptor.
 const MAX_HANDOVER: u64 = 256 * 1024 * 1024;
 

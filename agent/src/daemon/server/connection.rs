@@ -14,19 +14,19 @@ use std::time::Duration;
 
 use regent_shared::protocol::{self, FrameError, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 use zeroize::Zeroizing;
 
 use super::FRAME_TIMEOUT;
+use crate::sys::Stream;
 
 pub struct Connection {
-    stream: UnixStream,
+    stream: Stream,
     /// Encoded answers not yet written.
     out: Zeroizing<Vec<u8>>,
 }
 
 impl Connection {
-    pub fn new(stream: UnixStream) -> Connection {
+    pub fn new(stream: Stream) -> Connection {
         Connection {
             stream,
             out: Zeroizing::new(Vec::new()),

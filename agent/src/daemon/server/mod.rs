@@ -3,8 +3,9 @@
 //! answers), its bytes (`connection`: bounded frames, queued answers), and
 //! one handler per request (`handlers`).
 //!
-//! Every connection is checked before a byte is read from it: the peer's uid
-//! must be ours. Then the first frame must be `Hello` and arrive within
+//! Every connection is checked before a byte is read from it: the peer must
+//! run as our user (its uid; on Windows the user of the pipe client's
+//! process, `sys::peer`). Then the first frame must be `Hello` and arrive within
 //! [`HANDSHAKE_TIMEOUT`]; later frames may come at any pace up to
 //! [`IDLE_TIMEOUT`], and each frame must complete within [`FRAME_TIMEOUT`] of
 //! its first byte. A header announcing more than `MAX_FRAME` bytes closes the
@@ -15,11 +16,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 
 use super::state::AgentState;
-use super::upgrade::DRAIN_TIMEOUT;
+use crate::sys::{self, Listener, Peer};
 
 mod connection;
 mod handlers;
@@ -29,12 +29,15 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CONNECTIONS: usize = 1024;
+/// How long the sessions in progress have to end before an upgrade hands
+/// over (`daemon::upgrade`).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves connections until `state.shutdown` turns true; before an upgrade
 /// (`daemon::upgrade`), then waits up to `DRAIN_TIMEOUT` for the sessions in
 /// progress to end. The listener stays open: connections made meanwhile
 /// wait in its queue.
-pub async fn serve(listener: &UnixListener, state: Arc<AgentState>) {
+pub async fn serve(listener: &mut Listener, state: Arc<AgentState>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut shutdown = state.shutdown.subscribe();
     loop {
@@ -43,19 +46,19 @@ pub async fn serve(listener: &UnixListener, state: Arc<AgentState>) {
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok(stream) => stream,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        match stream.peer_cred() {
-            Ok(cred) if cred.uid() == state.uid => {}
-            Ok(cred) => {
+        match sys::peer(&stream) {
+            Ok(Peer::Ours) => {}
+            Ok(Peer::Other { user, pid }) => {
                 tracing::warn!(
-                    peer_uid = cred.uid(),
-                    peer_pid = cred.pid(),
+                    peer_user = %user,
+                    peer_pid = pid,
                     "refused a connection from another user"
                 );
                 continue;

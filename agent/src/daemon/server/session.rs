@@ -16,11 +16,11 @@ use std::time::Instant;
 use regent_shared::protocol::{
     self, ErrorKind, FrameError, MIN_SUPPORTED_PROTOCOL, PROTOCOL_VERSION, Request, Response,
 };
-use tokio::net::UnixStream;
 
 use super::connection::Connection;
 use super::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, handlers};
 use crate::daemon::state::AgentState;
+use crate::sys::Stream;
 
 #[derive(Default)]
 struct Session {
@@ -32,7 +32,7 @@ struct Session {
 
 /// Serves one connection until the client closes it, quits, or breaks a
 /// bound.
-pub async fn serve(stream: UnixStream, state: &AgentState) -> Result<(), FrameError> {
+pub async fn serve(stream: Stream, state: &AgentState) -> Result<(), FrameError> {
     let mut conn = Connection::new(stream);
     let mut session = Session::default();
     loop {
