@@ -15,13 +15,14 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
 use regent_shared::paths;
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+use crate::sys;
 
 /// The start of the suffix of the backups made before a file is changed.
 pub const BACKUP_SUFFIX: &str = ".regent-bak";
@@ -56,6 +57,9 @@ pub fn containers_auth_paths() -> Vec<PathBuf> {
     if let Some(file) = std::env::var_os("REGISTRY_AUTH_FILE").filter(|v| !v.is_empty()) {
         out.push(PathBuf::from(file));
     }
+    // Not on Windows, where containers/image reads only the config
+    // directory's.
+    #[cfg(unix)]
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
         Some(dir) => out.push(PathBuf::from(dir).join("containers").join("auth.json")),
         None => out.push(PathBuf::from(format!(
@@ -189,14 +193,13 @@ pub fn replace_file(
         .parent()
         .ok_or_else(|| anyhow!("{} has no parent directory", target.display()))?;
     if !dir.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
+        sys::private_dir(fs::DirBuilder::new().recursive(true))
             .create(dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let mode = fs::metadata(&target)
-        .map(|m| m.permissions().mode() & 0o7777)
+        .ok()
+        .and_then(|m| sys::mode_of(&m))
         .unwrap_or(0o600);
     let backup = match old {
         Some(old) => {
@@ -231,9 +234,7 @@ fn free_backup_path(path: &Path) -> PathBuf {
 /// (0700) when missing; mode 0600.
 pub fn write_atomic_creating(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.exists()) {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
+        sys::private_dir(fs::DirBuilder::new().recursive(true))
             .create(dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -251,13 +252,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
     tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = dir.join(tmp_name);
     let result = (|| -> std::io::Result<()> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        let mut file = sys::file_mode(
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+            mode,
+        )
+        .open(&tmp)?;
+        sys::set_mode(&file, mode)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -338,8 +341,10 @@ mod tests {
         assert!(JsonFile::load(&path).unwrap().value.is_empty());
     }
 
+    #[cfg(unix)]
     #[test]
     fn replace_keeps_mode_and_backs_up() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         fs::write(&path, "{}").unwrap();
@@ -367,6 +372,7 @@ mod tests {
         assert_eq!(fs::read(&first).unwrap(), b"{}");
     }
 
+    #[cfg(unix)]
     #[test]
     fn replace_writes_through_symlinks() {
         let dir = tempfile::tempdir().unwrap();

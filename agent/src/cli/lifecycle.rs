@@ -10,6 +10,7 @@ use regent_shared::protocol::{Request, Response};
 
 use super::call;
 use super::output::outln;
+use crate::sys;
 
 pub fn start() -> anyhow::Result<ExitCode> {
     let (conn, resp) = client::call_with(&call::starting_options(), &Request::Status)?;
@@ -35,17 +36,14 @@ pub fn stop() -> anyhow::Result<ExitCode> {
     drop(conn);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if !process_alive(pid) {
+        if !sys::process_alive(pid) {
             outln!("stopped regent agent (pid {pid})");
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    bail!("the agent (pid {pid}) did not exit within 10s; `kill {pid}` stops it")
-}
-
-fn process_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    bail!(
+        "the agent (pid {pid}) did not exit within 10s; {} stops it",
+        sys::kill_hint(pid)
+    )
 }

@@ -16,10 +16,10 @@ use zeroize::Zeroizing;
 
 use super::call::{accepted, call_agent, running_agent, unexpected};
 use super::output::outln;
-use super::prompt::EchoOff;
 use crate::reference::{self, Target};
 use crate::registry_auth::{AuthError, Credential, Grant, Proof, Registry};
 use crate::sources::http::Http;
+use crate::sys::EchoOff;
 
 /// How long the agent may take to answer a list or an erase.
 const AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -1,5 +1,5 @@
 //! Reading a secret from stdin: bounded, and on a terminal asked for with
-//! echo off ([`EchoOff`], through `tcsetattr`).
+//! echo off (`sys::EchoOff`: `tcsetattr`, or the console mode on Windows).
 
 use std::io::{IsTerminal, Read};
 
@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use zeroize::Zeroizing;
 
 use crate::named_secrets;
+use crate::sys::EchoOff;
 
 /// The secret from stdin, bounded; one trailing newline is dropped. On a
 /// terminal, asks for it with echo off.
@@ -41,36 +42,4 @@ pub fn read_secret(name: &str) -> anyhow::Result<Zeroizing<String>> {
     }
     let text = std::str::from_utf8(&buf).context("the secret is not UTF-8")?;
     Ok(Zeroizing::new(text.to_owned()))
-}
-
-/// Terminal echo off for as long as it lives.
-pub(crate) struct EchoOff(Option<libc::termios>);
-
-impl EchoOff {
-    pub(crate) fn new() -> EchoOff {
-        // SAFETY: termios calls on stdin with a zeroed, then filled, struct.
-        unsafe {
-            let mut term: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut term) != 0 {
-                return EchoOff(None);
-            }
-            let old = term;
-            term.c_lflag &= !libc::ECHO;
-            if libc::tcsetattr(0, libc::TCSANOW, &term) != 0 {
-                return EchoOff(None);
-            }
-            EchoOff(Some(old))
-        }
-    }
-}
-
-impl Drop for EchoOff {
-    fn drop(&mut self) {
-        if let Some(old) = &self.0 {
-            // SAFETY: restores the settings read in `new`.
-            unsafe {
-                libc::tcsetattr(0, libc::TCSANOW, old);
-            }
-        }
-    }
 }

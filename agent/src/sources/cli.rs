@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use zeroize::Zeroizing;
 
 use super::text;
+use crate::sys;
 
 /// How much of the end of stderr is kept.
 const STDERR_TAIL: usize = 4 << 10;
@@ -120,8 +121,7 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    #[cfg(unix)]
-    cmd.process_group(0);
+    sys::own_group(&mut cmd);
     for (name, _) in std::env::vars_os() {
         let agent_only = name.to_str().is_some_and(|n| {
             n.starts_with("REGENT_") || n.starts_with("LISTEN_") || n == "NOTIFY_SOCKET"
@@ -136,13 +136,11 @@ pub async fn run(
         _ => CliError::Spawn(program.to_owned(), e),
     })?;
     let group = child.id();
+    // Only called before the leader (our child) is reaped, so the group id
+    // is still the one made for the program.
     let kill_group = || {
-        #[cfg(unix)]
         if let Some(pid) = group {
-            // SAFETY: a plain system call. Only called before the leader
-            // (our child) is reaped, so the group id is still the one made
-            // for the program.
-            unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+            sys::kill_group(pid);
         }
     };
     let (out, err) = (child.stdout.take(), child.stderr.take());

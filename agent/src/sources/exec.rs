@@ -67,6 +67,7 @@ use zeroize::Zeroizing;
 
 use super::{BoxFuture, Context, Descriptor, Source, SourceError, SourceRequest, Token, text};
 use crate::named_secrets;
+use crate::sys;
 
 /// `source = "exec"`; it detects no hosts.
 pub const DESCRIPTOR: Descriptor = Descriptor {
@@ -197,8 +198,8 @@ impl Exec {
         cmd.args(&self.command[1..])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+            .stderr(Stdio::piped());
+        sys::own_group(&mut cmd);
         for (name, _) in std::env::vars_os() {
             if is_agent_only(&name.to_string_lossy()) {
                 cmd.env_remove(name);
@@ -332,8 +333,7 @@ impl Exec {
         if !status.success() {
             redactor.add_stdout(&out);
             let quote = redactor.quote(&err);
-            use std::os::unix::process::ExitStatusExt;
-            let what = match (status.code(), status.signal()) {
+            let what = match (status.code(), sys::exit_signal(&status)) {
                 (Some(code), _) => format!("`{program}` exited with status {code}"),
                 (None, Some(sig)) => format!("`{program}` was killed by signal {sig}"),
                 (None, None) => format!("`{program}` failed"),
@@ -827,7 +827,7 @@ mod supervisor {
     pub struct Pending;
 
     pub struct Supervision {
-        group: Option<i32>,
+        group: Option<u32>,
     }
 
     pub fn prepare(cmd: &mut tokio::process::Command) -> io::Result<Pending> {
@@ -837,9 +837,7 @@ mod supervisor {
 
     impl Pending {
         pub fn started(self, child: &tokio::process::Child) -> Supervision {
-            Supervision {
-                group: child.id().and_then(|p| i32::try_from(p).ok()),
-            }
+            Supervision { group: child.id() }
         }
     }
 
@@ -855,10 +853,7 @@ mod supervisor {
 
         fn kill_group(&self) {
             if let Some(pid) = self.group {
-                // SAFETY: signalling the process group we created.
-                unsafe {
-                    libc::kill(-pid, libc::SIGKILL);
-                }
+                crate::sys::kill_group(pid);
             }
         }
     }
