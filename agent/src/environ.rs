@@ -38,17 +38,39 @@
 //! be set by whoever starts the agent (a descriptor above 2, open for
 //! reading, holding the base64 key: `regent agent --foreground 3<key`);
 //! setting both variables is refused.
+//!
+//! # Windows
+//!
+//! There is no `exec` on Windows, and a restart would be a new process (a
+//! new pid, the ready pipe and the start lock's owner to hand on), so the
+//! agent keeps the environment it was started with. A Windows limitation:
+//! the starter's variables stay in the agent's environment for its life,
+//! and the commands of its token sources inherit them (less the agent's
+//! own `REGENT_*`, which they never get). The master key is taken out at
+//! the start:
+//! [`prepare`] reads `REGENT_MASTER_KEY` and removes it from the
+//! environment, so no command the agent runs inherits it.
+//! `REGENT_MASTER_KEY_FD` is unix only (refused, with what to do instead).
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
+#[cfg(any(unix, test))]
+use std::ffi::OsString;
+#[cfg(unix)]
 use std::fs::File;
+#[cfg(unix)]
 use std::io::Read;
+#[cfg(unix)]
 use std::os::fd::{FromRawFd, OwnedFd};
+#[cfg(unix)]
 use std::os::unix::process::CommandExt;
+#[cfg(unix)]
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::bail;
+#[cfg(unix)]
+use anyhow::{Context, anyhow};
 use zeroize::Zeroizing;
 
 /// Environment variable holding a base64 master key for the file store;
@@ -93,6 +115,7 @@ pub const MASTER_KEY_FD_ENV: &str = "REGENT_MASTER_KEY_FD";
 
 /// Longer than any master key text (44 characters of base64); bounds what
 /// is written into, and read from, the key descriptor.
+#[cfg(unix)]
 const MAX_KEY_TEXT: usize = 4096;
 
 /// Set once [`prepare`] ran: the master key is then only what it read.
@@ -111,6 +134,7 @@ pub fn is_kept(name: &OsStr) -> bool {
 /// Makes the environment the documented one: re-executes the agent when it
 /// is not (and then does not return), else reads the master key from
 /// `REGENT_MASTER_KEY_FD`. Call it first, while the process has one thread.
+#[cfg(unix)]
 pub fn prepare() -> anyhow::Result<()> {
     let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     if vars.iter().any(|(name, _)| !is_kept(name)) {
@@ -120,6 +144,28 @@ pub fn prepare() -> anyhow::Result<()> {
         None => None,
         Some(fd) => Some(read_key_fd(&fd)?),
     };
+    *MASTER_KEY.lock().unwrap_or_else(|p| p.into_inner()) = key;
+    PREPARED.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Windows: keeps the environment as it is (see the module docs), and takes
+/// `REGENT_MASTER_KEY` out of it. Call it first, while the process has one
+/// thread.
+#[cfg(windows)]
+pub fn prepare() -> anyhow::Result<()> {
+    if std::env::var_os(MASTER_KEY_FD_ENV).is_some() {
+        bail!(
+            "{MASTER_KEY_FD_ENV} passes the master key on a descriptor, which only unix has; \
+             unset it and set {MASTER_KEY_ENV} instead"
+        );
+    }
+    let key = std::env::var_os(MASTER_KEY_ENV).map(|v| Zeroizing::new(v.into_encoded_bytes()));
+    if key.is_some() {
+        // SAFETY: called first in `regent agent`, while the process has one
+        // thread: nothing reads the environment meanwhile.
+        unsafe { std::env::remove_var(MASTER_KEY_ENV) };
+    }
     *MASTER_KEY.lock().unwrap_or_else(|p| p.into_inner()) = key;
     PREPARED.store(true, Ordering::SeqCst);
     Ok(())
@@ -137,6 +183,7 @@ pub fn master_key() -> Option<Zeroizing<Vec<u8>>> {
 }
 
 /// The environment the agent re-executes with.
+#[cfg(any(unix, test))]
 fn kept(vars: &[(OsString, OsString)]) -> Vec<(OsString, OsString)> {
     vars.iter()
         .filter(|(name, _)| is_kept(name))
@@ -144,6 +191,7 @@ fn kept(vars: &[(OsString, OsString)]) -> Vec<(OsString, OsString)> {
         .collect()
 }
 
+#[cfg(unix)]
 fn own_executable() -> PathBuf {
     #[cfg(target_os = "linux")]
     return PathBuf::from("/proc/self/exe");
@@ -153,6 +201,7 @@ fn own_executable() -> PathBuf {
 
 /// Replaces this process with the agent in the kept environment. Returns
 /// only why that failed.
+#[cfg(unix)]
 fn reexec(vars: &[(OsString, OsString)]) -> anyhow::Error {
     let exe = own_executable();
     let mut cmd = std::process::Command::new(&exe);
@@ -189,6 +238,7 @@ fn reexec(vars: &[(OsString, OsString)]) -> anyhow::Error {
 }
 
 /// A pipe holding `key`; its read end, inherited across exec.
+#[cfg(unix)]
 pub fn key_pipe(key: &[u8]) -> anyhow::Result<OwnedFd> {
     if key.len() > MAX_KEY_TEXT {
         bail!(
@@ -212,6 +262,7 @@ pub fn key_pipe(key: &[u8]) -> anyhow::Result<OwnedFd> {
 }
 
 /// Reads the key text from descriptor `fd` (decimal) and closes it.
+#[cfg(unix)]
 fn read_key_fd(fd: &OsStr) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     let fd: libc::c_int = fd
         .to_str()
@@ -287,8 +338,11 @@ mod tests {
         ] {
             assert!(!is_kept(OsStr::new(name)), "{name}");
         }
-        use std::os::unix::ffi::OsStrExt;
-        assert!(!is_kept(OsStr::from_bytes(b"HOME\xff")));
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            assert!(!is_kept(OsStr::from_bytes(b"HOME\xff")));
+        }
     }
 
     #[test]
@@ -305,6 +359,7 @@ mod tests {
         assert_eq!(kept(&once), once);
     }
 
+    #[cfg(unix)]
     #[test]
     fn a_key_goes_through_a_pipe_and_its_descriptor_is_closed() {
         use std::os::fd::IntoRawFd;

@@ -278,8 +278,11 @@ mod tests {
         std::fs::create_dir_all(&ctx.config_dir).unwrap();
         let key_file = ctx.config_dir.join(super::super::file::KEY_FILE);
         std::fs::write(&key_file, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let first = open(Choice::Kind(StoreKind::File), &ctx).unwrap();
         assert_eq!(first.backend.kind(), StoreKind::File);
         drop(first);
