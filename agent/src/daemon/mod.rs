@@ -338,9 +338,10 @@ async fn serve(opened: Opened, socket: PathBuf, spawned: bool) -> anyhow::Result
     let started_unix = handed.as_ref().map_or_else(now_unix, |h| h.started_unix);
     #[cfg(unix)]
     let (mut listener, bound) = listen::listen(&socket, handed.map(|h| (h.listener, h.socket_id)))?;
-    #[cfg(not(unix))]
-    let (mut listener, bound) = (sys::Listener::bind(&socket)?, Some(()));
+    #[cfg(unix)]
     let activated = bound.is_none();
+    #[cfg(not(unix))]
+    let (mut listener, activated) = (sys::Listener::bind(&socket)?, false);
     // Where clients of other sessions find us: the path systemd bound, when
     // it handed the socket over.
     let socket = match listener.path() {
