@@ -10,7 +10,6 @@
 //! configured source for an exact host (a token fetched now), the clock
 //! against a registry's `Date`, and the systemd user units.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -188,13 +187,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// The first `program` on `PATH`.
 fn on_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+    paths::find_on_path(program)
 }
 
 /// Runs `program args` with a deadline; its stdout, or why not.
@@ -352,7 +345,10 @@ fn podman() -> Check {
     }
 }
 
+/// The socket's directory: there, a directory, ours, and closed to others.
+#[cfg(unix)]
 fn socket() -> Check {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let socket = paths::socket_path();
     let Some(dir) = socket.parent() else {
         return fail(
@@ -414,6 +410,19 @@ fn socket() -> Check {
             format!("{} (directory mode {mode:03o}, yours)", socket.display()),
         )
     }
+}
+
+/// The named pipe: no directory to check, and the agent serves only
+/// programs of our user (`sys::peer`).
+#[cfg(windows)]
+fn socket() -> Check {
+    ok(
+        "socket",
+        format!(
+            "{} (a named pipe, served to programs of yours only)",
+            paths::socket_path().display()
+        ),
+    )
 }
 
 /// The agent, started when it is not running (as any `get` would); its

@@ -1105,21 +1105,8 @@ fn local_time(s: &str) -> Option<SystemTime> {
         "[year]-[month]-[day] [hour]:[minute]:[second][optional [.[subsecond]]]"
     );
     let t = time::PrimitiveDateTime::parse(s.trim(), &format).ok()?;
-    // SAFETY: a zeroed `tm` is a valid value; mktime only reads and
-    // normalises the one given.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    tm.tm_year = t.year() - 1900;
-    tm.tm_mon = i32::from(u8::from(t.month())) - 1;
-    tm.tm_mday = i32::from(t.day());
-    tm.tm_hour = i32::from(t.hour());
-    tm.tm_min = i32::from(t.minute());
-    tm.tm_sec = i32::from(t.second());
-    tm.tm_isdst = -1;
-    // SAFETY: `tm` is a valid value owned here. mktime also reads the
-    // process's time zone (TZ, /etc/localtime), which nothing in the agent
-    // changes once it runs (its environment is fixed at its start).
-    let secs = unsafe { libc::mktime(&mut tm) };
-    (secs > 0).then(|| UNIX_EPOCH + Duration::from_secs(secs as u64))
+    let secs = crate::sys::local_to_unix(t)?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 async fn read_token_file(path: &Path) -> Result<Zeroizing<String>, String> {

@@ -20,8 +20,10 @@
 //!   user's profile (`%APPDATA%`, `%LOCALAPPDATA%`), whose ACL already
 //!   grants only the user, SYSTEM and the administrators, and new files
 //!   inherit it.
-//! - Children: [`exit_signal`], the signal that ended a child (none on
-//!   Windows).
+//! - Children: [`own_group`], [`kill_group`], and [`exit_signal`], the
+//!   signal that ended a child (none on Windows).
+//! - Time: [`local_to_unix`], a local time in seconds since the epoch
+//!   (`mktime`; the C runtime's `_mktime64` on Windows).
 
 #[cfg(unix)]
 mod unix;
@@ -52,4 +54,19 @@ pub enum Event {
     /// Re-read the config's token sources: SIGHUP (none on Windows, where
     /// `regent reload` does it).
     Reload,
+}
+
+/// `t` as the C `struct tm` that `mktime` reads: the time zone's rules
+/// decide whether daylight saving time applies (`tm_isdst` -1).
+fn tm_of(t: time::PrimitiveDateTime) -> libc::tm {
+    // SAFETY: a zeroed `tm` is a valid value.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    tm.tm_year = t.year() - 1900;
+    tm.tm_mon = i32::from(u8::from(t.month())) - 1;
+    tm.tm_mday = i32::from(t.day());
+    tm.tm_hour = i32::from(t.hour());
+    tm.tm_min = i32::from(t.minute());
+    tm.tm_sec = i32::from(t.second());
+    tm.tm_isdst = -1;
+    tm
 }

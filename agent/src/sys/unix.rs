@@ -241,3 +241,14 @@ pub fn set_path_mode(path: &Path, mode: u32) -> io::Result<()> {
 pub fn mode_of(meta: &Metadata) -> Option<u32> {
     Some(meta.mode() & 0o7777)
 }
+
+/// A local time in seconds since the epoch (`mktime`), or `None` before
+/// 1970 or when `mktime` cannot say.
+pub fn local_to_unix(t: time::PrimitiveDateTime) -> Option<u64> {
+    let mut tm = super::tm_of(t);
+    // SAFETY: `tm` is a valid value owned here. mktime also reads the
+    // process's time zone (TZ, /etc/localtime), which nothing in the agent
+    // changes once it runs (its environment is fixed at its start).
+    let secs = unsafe { libc::mktime(&mut tm) };
+    u64::try_from(secs).ok().filter(|s| *s > 0)
+}

@@ -305,3 +305,18 @@ pub fn set_path_mode(_path: &Path, _mode: u32) -> io::Result<()> {
 pub fn mode_of(_meta: &Metadata) -> Option<u32> {
     None
 }
+
+unsafe extern "C" {
+    /// The C runtime's 64-bit `mktime` (msvcrt and the UCRT both have it).
+    fn _mktime64(tm: *mut libc::tm) -> i64;
+}
+
+/// A local time in seconds since the epoch (`_mktime64`, with the
+/// system's time zone), or `None` before 1970 or when it cannot say.
+pub fn local_to_unix(t: time::PrimitiveDateTime) -> Option<u64> {
+    let mut tm = super::tm_of(t);
+    // SAFETY: `tm` is a valid value owned here; `_mktime64` reads and
+    // normalises it.
+    let secs = unsafe { _mktime64(&mut tm) };
+    u64::try_from(secs).ok().filter(|s| *s > 0)
+}
