@@ -10,7 +10,9 @@
 //! - Process: [`harden`] (no core dumps; on Windows no error dialog),
 //!   [`detach`] (a session of our own on unix; on Windows the helper
 //!   already starts the agent without a console and in a process group of
-//!   its own), [`process_alive`] and [`kill_tree`].
+//!   its own), [`redirect_to_null`] (letting go of the spawning client's
+//!   pipe), [`process_alive`] and [`kill_hint`] (what `regent stop` says
+//!   when the agent does not exit: it only ever asks with `Quit`).
 //! - Signals: [`Signals`], the requests to stop or to reload that the
 //!   platform delivers (SIGTERM, SIGINT, SIGHUP; on Windows the console's
 //!   Ctrl-C, close and shutdown events).

@@ -55,7 +55,7 @@ pub fn peer(stream: &Stream) -> io::Result<Peer> {
     })
 }
 
-/// No core dumps, and (Linux) no ptrace or /proc/<pid>/mem access by other
+/// No core dumps, and (Linux) no ptrace or `/proc/<pid>/mem` access by other
 /// processes of the same user.
 pub fn harden() {
     // SAFETY: plain syscalls with valid arguments; failures are reported.
