@@ -185,9 +185,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The first `program` on `PATH`.
+/// The first `program` on `PATH` (`program.exe` on Windows).
 fn on_path(program: &str) -> Option<PathBuf> {
-    paths::find_on_path(program)
+    paths::find_on_path(&format!("{program}{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// Runs `program args` with a deadline; its stdout, or why not.
