@@ -153,7 +153,11 @@ fn check_fresh(bin: &Path, crates: &[&str], build: &str) {
 fn newest_mtime(path: &Path, newest: &mut Option<(SystemTime, PathBuf)>) {
     // Another OS's side of a platform seam (`sys/windows.rs` here) is not
     // built on this one, so cargo never rebuilds for it.
-    let foreign = if cfg!(windows) { "unix.rs" } else { "windows.rs" };
+    let foreign = if cfg!(windows) {
+        "unix.rs"
+    } else {
+        "windows.rs"
+    };
     if path.file_name().is_some_and(|n| n == foreign) {
         return;
     }
