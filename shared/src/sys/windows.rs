@@ -25,13 +25,17 @@ use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::{
     ERROR_BROKEN_PIPE, ERROR_HANDLE_EOF, ERROR_INVALID_HANDLE, ERROR_IO_PENDING,
-    ERROR_OPERATION_ABORTED, ERROR_PIPE_BUSY, GetLastError, HANDLE, WAIT_OBJECT_0,
+    ERROR_OPERATION_ABORTED, ERROR_PIPE_BUSY, GetLastError, HANDLE, HANDLE_FLAG_INHERIT,
+    INVALID_HANDLE_VALUE, SetHandleInformation, WAIT_OBJECT_0,
 };
 use windows_sys::Win32::Security::{
     EqualSid, GetTokenInformation, TOKEN_QUERY, TOKEN_USER, TokenUser,
 };
 use windows_sys::Win32::Storage::FileSystem::{
     FILE_FLAG_OVERLAPPED, ReadFile, SECURITY_IDENTIFICATION, WriteFile,
+};
+use windows_sys::Win32::System::Console::{
+    GetStdHandle, STD_ERROR_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE,
 };
 use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
 use windows_sys::Win32::System::Pipes::{GetNamedPipeServerProcessId, WaitNamedPipeW};
@@ -45,7 +49,23 @@ const BUSY_WAIT: Duration = Duration::from_secs(2);
 
 /// Starts a spawned program with no console and in a process group of its
 /// own, so the caller's Ctrl-C does not reach it.
+///
+/// Windows hands a child every inheritable handle of its parent, not only
+/// the three it is given: an agent started by the helper would keep the
+/// helper's stdout pipe open, and docker, which reads that pipe to its end,
+/// would wait for as long as the agent lives. So this process's own
+/// standard handles stop being inheritable first (the child gets its own).
 pub fn detach(cmd: &mut Command) {
+    for which in [STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE] {
+        // SAFETY: GetStdHandle has no preconditions; a null or invalid
+        // handle makes SetHandleInformation fail, which changes nothing.
+        unsafe {
+            let handle = GetStdHandle(which);
+            if !handle.is_null() && handle != INVALID_HANDLE_VALUE {
+                SetHandleInformation(handle, HANDLE_FLAG_INHERIT, 0);
+            }
+        }
+    }
     cmd.creation_flags(CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW);
 }
 
