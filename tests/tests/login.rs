@@ -328,9 +328,12 @@ fn a_password_on_the_command_line_is_refused_unechoed() {
     let env = TestEnv::new();
     let secret = random_secret(24);
     let inline = format!("--password={secret}");
+    // A password may start with `-`, as a random one here sometimes does.
+    let hyphen = format!("-J{secret}");
     for args in [
         ["login", "ghcr.io", "-u", USER, "-p", secret.as_str()].as_slice(),
         ["login", "ghcr.io", "-u", USER, inline.as_str()].as_slice(),
+        ["login", "ghcr.io", "-u", USER, "-p", hyphen.as_str()].as_slice(),
     ] {
         let out = env.regent(args);
         let text = failed(&out, &secret);

@@ -44,8 +44,16 @@ pub struct LoginArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
-    /// Never on the command line: refused (use --password-stdin).
-    #[arg(short = 'p', long = "password", hide = true, value_name = "PASSWORD")]
+    /// Never on the command line: refused (use --password-stdin). A value
+    /// that starts with `-` is taken too, so that it reaches the refusal
+    /// rather than a parse error that quotes its first characters.
+    #[arg(
+        short = 'p',
+        long = "password",
+        hide = true,
+        value_name = "PASSWORD",
+        allow_hyphen_values = true
+    )]
     password_on_command_line: Option<String>,
 }
 
