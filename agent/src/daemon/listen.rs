@@ -29,11 +29,14 @@ pub struct SocketId {
 }
 
 impl SocketId {
+    /// As a handover carries it.
+    #[cfg(target_os = "linux")]
     pub fn new(dev: u64, ino: u64) -> SocketId {
         SocketId { dev, ino }
     }
 
     /// `(dev, ino)`, as a handover carries it.
+    #[cfg(target_os = "linux")]
     pub fn parts(self) -> (u64, u64) {
         (self.dev, self.ino)
     }

@@ -90,7 +90,7 @@ impl StoreLock {
     }
 
     /// The open lock file, for a handover.
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     pub fn file(&self) -> &File {
         &self.file
     }

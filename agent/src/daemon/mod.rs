@@ -41,7 +41,7 @@
 //! On Windows the agent listens on its named pipe (`sys::Listener::bind`,
 //! step 7: no socket file, so nothing stale to remove or to watch in step
 //! 9, and no socket activation), stops on the console's events rather than
-//! signals, and does not follow its program (step 10 is unix only: there is
+//! signals, and does not follow its program (step 10 is Linux only: there is
 //! no `exec` to hand over with): an upgrade takes effect at the next start.
 
 use std::io::{self, IsTerminal};
@@ -73,10 +73,10 @@ mod process;
 pub mod server;
 mod signals;
 pub mod state;
-/// Following the program, unix only: on Windows the agent does not follow
-/// its program (no `exec` to hand over with), and an upgrade takes effect
-/// at the next start.
-#[cfg(unix)]
+/// Following the program, Linux only: elsewhere the agent cannot tell the
+/// program it runs (no `/proc/self/exe`) or has no `exec` to hand over with
+/// (Windows), and an upgrade takes effect at the next start.
+#[cfg(target_os = "linux")]
 mod upgrade;
 
 use lock::{Lock, StoreLock};
@@ -193,7 +193,7 @@ struct TakenOver {
 
 /// The handover of the program this one replaced, if it was started by
 /// one.
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 fn take_over() -> anyhow::Result<Option<TakenOver>> {
     let taken = upgrade::take().context("cannot take over from the agent's previous program")?;
     Ok(taken.map(|h| TakenOver {
@@ -210,8 +210,8 @@ fn take_over() -> anyhow::Result<Option<TakenOver>> {
     }))
 }
 
-/// None: on Windows the agent does not follow its program.
-#[cfg(not(unix))]
+/// None: off Linux the agent does not follow its program.
+#[cfg(not(target_os = "linux"))]
 fn take_over() -> anyhow::Result<Option<TakenOver>> {
     Ok(None)
 }
@@ -361,18 +361,17 @@ async fn serve(opened: Opened, socket: PathBuf, spawned: bool) -> anyhow::Result
     );
     signals::watch(state.clone())?;
     #[cfg(unix)]
-    {
-        if let Some(id) = bound {
-            listen::watch_socket(state.clone(), socket.clone(), id);
-        }
-        if let Some(binary) = upgrade::Binary::running() {
-            upgrade::watch(state.clone(), binary);
-        }
+    if let Some(id) = bound {
+        listen::watch_socket(state.clone(), socket.clone(), id);
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(binary) = upgrade::Binary::running() {
+        upgrade::watch(state.clone(), binary);
     }
     process::announce_ready(spawned);
     tracing::info!(socket = %socket.display(), activated, "listening");
     server::serve(&mut listener, state.clone()).await;
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     while let Some(program) = state.upgrading() {
         hand_over(&program, &listener, &store_lock, bound, &state);
         server::serve(&mut listener, state.clone()).await;
@@ -388,7 +387,7 @@ async fn serve(opened: Opened, socket: PathBuf, spawned: bool) -> anyhow::Result
 
 /// Executes `program` with what it needs to go on serving (`upgrade`);
 /// returns only when that failed, to serve on as this version.
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 fn hand_over(
     program: &Path,
     listener: &sys::Listener,

@@ -30,9 +30,8 @@
 //! - **Failing safe.** If the exec fails, the agent reopens its accept loop
 //!   and serves on as the old version, and says so in its log.
 //!
-//! Only on Linux for now: elsewhere [`Binary::running`] cannot tell the
-//! program (there is no `/proc/self/exe`), and the agent does not follow
-//! its binary. Without memfd (macOS) the handover is written to a pipe.
+//! Only on Linux: elsewhere the agent could not tell the program it runs
+//! (there is no `/proc/self/exe`), and does not follow its binary.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -406,7 +405,6 @@ fn next_environment() -> Vec<(OsString, OsString)> {
 
 /// The handover file: a memfd (anonymous memory, never on disk) holding the
 /// head line and the records, rewound.
-#[cfg(target_os = "linux")]
 fn write(out: &Outgoing<'_>) -> anyhow::Result<File> {
     // SAFETY: memfd_create takes a NUL-terminated name and flags.
     let fd = unsafe { libc::memfd_create(c"regent-handover".as_ptr(), libc::MFD_CLOEXEC) };
@@ -418,34 +416,6 @@ fn write(out: &Outgoing<'_>) -> anyhow::Result<File> {
     write_handover(&mut file, out)?;
     io::Seek::rewind(&mut file)?;
     Ok(file)
-}
-
-/// Without memfd (macOS): a pipe holding the head line and the records,
-/// its write end closed, so nothing reaches the disk. A pipe holds what
-/// fits in its buffer (16 to 64 KiB): a larger handover fails, and the
-/// agent serves on as it is.
-#[cfg(not(target_os = "linux"))]
-fn write(out: &Outgoing<'_>) -> anyhow::Result<File> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe writes two descriptors into the array it is given.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error()).context("pipe");
-    }
-    // SAFETY: both descriptors were just created and are owned only here.
-    let (read, write) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-    for fd in [read.as_raw_fd(), write.as_raw_fd()] {
-        set_cloexec(fd, true)?;
-    }
-    // SAFETY: F_SETFL only changes the write end's status flags.
-    if unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
-        return Err(io::Error::last_os_error()).context("fcntl(O_NONBLOCK)");
-    }
-    let mut bytes = Zeroizing::new(Vec::new());
-    write_handover(&mut *bytes, out)?;
-    (&write)
-        .write_all(&bytes)
-        .with_context(|| format!("a handover of {} bytes does not fit in a pipe", bytes.len()))?;
-    Ok(read)
 }
 
 /// The head line, then each record's key and value as a `u32` big-endian
